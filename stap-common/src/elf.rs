@@ -1,0 +1,207 @@
+//! A bounds-checked reader for the few ELF facts staprun needs from a
+//! module image: the module name in `.gnu.linkonce.this_module` (for `-R`)
+//! and the `.stap_privilege` section. Nothing here trusts the input.
+#![forbid(unsafe_code)]
+
+use thiserror::Error;
+
+/// Offset of `name` in the kernel's `struct module` on 64-bit
+/// (`enum module_state state; struct list_head list; char name[56]`).
+pub const THIS_MODULE_NAME_OFFSET: usize = 24;
+pub const THIS_MODULE_NAME_LEN: usize = 56;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ElfError {
+    #[error("not a 64-bit little-endian ELF file")]
+    NotElf,
+    #[error("ELF header or section table out of bounds")]
+    Truncated,
+    #[error("section {0} not found")]
+    NoSection(&'static str),
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {
+    Ok(u16::from_le_bytes(
+        b.get(at..at + 2)
+            .ok_or(ElfError::Truncated)?
+            .try_into()
+            .map_err(|_| ElfError::Truncated)?,
+    ))
+}
+fn u32_at(b: &[u8], at: usize) -> Result<u32, ElfError> {
+    Ok(u32::from_le_bytes(
+        b.get(at..at + 4)
+            .ok_or(ElfError::Truncated)?
+            .try_into()
+            .map_err(|_| ElfError::Truncated)?,
+    ))
+}
+fn u64_at(b: &[u8], at: usize) -> Result<u64, ElfError> {
+    Ok(u64::from_le_bytes(
+        b.get(at..at + 8)
+            .ok_or(ElfError::Truncated)?
+            .try_into()
+            .map_err(|_| ElfError::Truncated)?,
+    ))
+}
+fn usize_of(v: u64) -> Result<usize, ElfError> {
+    usize::try_from(v).map_err(|_| ElfError::Truncated)
+}
+
+/// Section `(file offset, size)` by name.
+pub fn find_section(image: &[u8], name: &'static str) -> Result<(usize, usize), ElfError> {
+    if image.len() < 64 || image[..4] != *b"\x7fELF" || image[4] != 2 || image[5] != 1 {
+        return Err(ElfError::NotElf);
+    }
+    let shoff = usize_of(u64_at(image, 0x28)?)?;
+    let shentsize = usize::from(u16_at(image, 0x3a)?);
+    let shnum = usize::from(u16_at(image, 0x3c)?);
+    let shstrndx = usize::from(u16_at(image, 0x3e)?);
+    if shentsize < 64 || shstrndx >= shnum {
+        return Err(ElfError::Truncated);
+    }
+    let sh = |i: usize| -> Result<usize, ElfError> {
+        let at = shoff
+            .checked_add(i.checked_mul(shentsize).ok_or(ElfError::Truncated)?)
+            .ok_or(ElfError::Truncated)?;
+        if at.checked_add(64).is_none_or(|end| end > image.len()) {
+            return Err(ElfError::Truncated);
+        }
+        Ok(at)
+    };
+    let strtab = sh(shstrndx)?;
+    let str_off = usize_of(u64_at(image, strtab + 0x18)?)?;
+    let str_size = usize_of(u64_at(image, strtab + 0x20)?)?;
+    let strs = image
+        .get(str_off..str_off.checked_add(str_size).ok_or(ElfError::Truncated)?)
+        .ok_or(ElfError::Truncated)?;
+    for i in 0..shnum {
+        let at = sh(i)?;
+        let name_off = u32_at(image, at)? as usize;
+        let Some(rest) = strs.get(name_off..) else {
+            continue;
+        };
+        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+        if &rest[..end] == name.as_bytes() {
+            let off = usize_of(u64_at(image, at + 0x18)?)?;
+            let size = usize_of(u64_at(image, at + 0x20)?)?;
+            if off.checked_add(size).is_none_or(|e| e > image.len()) {
+                return Err(ElfError::Truncated);
+            }
+            return Ok((off, size));
+        }
+    }
+    Err(ElfError::NoSection(name))
+}
+
+/// Where the module name lives in the image: `(offset, current name)`.
+pub fn module_name(image: &[u8]) -> Result<(usize, String), ElfError> {
+    let (off, size) = find_section(image, ".gnu.linkonce.this_module")?;
+    if size < THIS_MODULE_NAME_OFFSET + THIS_MODULE_NAME_LEN {
+        return Err(ElfError::Truncated);
+    }
+    let at = off + THIS_MODULE_NAME_OFFSET;
+    let field = &image[at..at + THIS_MODULE_NAME_LEN];
+    let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
+    Ok((at, String::from_utf8_lossy(&field[..end]).into_owned()))
+}
+
+/// The privilege a module says it needs (`.stap_privilege`, an `int`).
+/// Missing: `None`.
+pub fn required_privilege(image: &[u8]) -> Option<i32> {
+    let (off, size) = find_section(image, ".stap_privilege").ok()?;
+    if size < 4 {
+        return None;
+    }
+    Some(i32::from_le_bytes(image[off..off + 4].try_into().ok()?))
+}
+
+/// Build a minimal relocatable ELF64 image with the given sections, for
+/// tests, benchmarks and the simulated kernel. The module name goes into a
+/// `.gnu.linkonce.this_module` section laid out like the kernel's.
+pub fn build_test_module(name: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut this_module = vec![0u8; 0x380];
+    this_module[THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + name.len().min(55)]
+        .copy_from_slice(&name.as_bytes()[..name.len().min(55)]);
+    let mut sections: Vec<(String, Vec<u8>)> =
+        vec![(".gnu.linkonce.this_module".into(), this_module)];
+    for (n, d) in extra {
+        sections.push(((*n).to_string(), d.to_vec()));
+    }
+    // Layout: header, section data, shstrtab, section headers.
+    let mut out = vec![0u8; 64];
+    let mut offsets = Vec::new();
+    for (_, d) in &sections {
+        offsets.push(out.len());
+        out.extend_from_slice(d);
+    }
+    let mut shstr = vec![0u8];
+    let mut name_offs = Vec::new();
+    for (n, _) in &sections {
+        name_offs.push(shstr.len());
+        shstr.extend_from_slice(n.as_bytes());
+        shstr.push(0);
+    }
+    let shstr_name = shstr.len();
+    shstr.extend_from_slice(b".shstrtab\0");
+    let shstr_off = out.len();
+    out.extend_from_slice(&shstr);
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    let shoff = out.len();
+    let shnum = sections.len() + 2;
+    out.extend_from_slice(&[0u8; 64]); // null section
+    let sh = |name: usize, typ: u32, off: usize, size: usize, out: &mut Vec<u8>| {
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&u32::try_from(name).unwrap_or(0).to_le_bytes());
+        h[4..8].copy_from_slice(&typ.to_le_bytes());
+        h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+        out.extend_from_slice(&h);
+    };
+    for (i, (_, d)) in sections.iter().enumerate() {
+        sh(name_offs[i], 1, offsets[i], d.len(), &mut out);
+    }
+    sh(shstr_name, 3, shstr_off, shstr.len(), &mut out);
+    out[..4].copy_from_slice(b"\x7fELF");
+    out[4] = 2;
+    out[5] = 1;
+    out[6] = 1;
+    out[0x10..0x12].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
+    out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+    out[0x34..0x36].copy_from_slice(&64u16.to_le_bytes());
+    out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    out[0x3c..0x3e].copy_from_slice(&u16::try_from(shnum).unwrap_or(0).to_le_bytes());
+    out[0x3e..0x40].copy_from_slice(&u16::try_from(shnum - 1).unwrap_or(0).to_le_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_it_builds() {
+        let img = build_test_module("pmod", &[(".stap_privilege", &2i32.to_le_bytes())]);
+        let (at, name) = module_name(&img).unwrap();
+        assert_eq!(name, "pmod");
+        assert_eq!(&img[at..at + 4], b"pmod");
+        assert_eq!(required_privilege(&img), Some(2));
+        assert_eq!(required_privilege(&build_test_module("x", &[])), None);
+    }
+
+    #[test]
+    fn garbage_is_refused_not_trusted() {
+        assert_eq!(module_name(b"hello"), Err(ElfError::NotElf));
+        let mut img = build_test_module("pmod", &[]);
+        // Point the section table past the end.
+        img[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(module_name(&img), Err(ElfError::Truncated));
+        let img = build_test_module("pmod", &[]);
+        for cut in [64, 100, img.len() - 1] {
+            assert!(module_name(&img[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! `KernelOps` on the running Linux kernel. The syscalls themselves are in
+//! [`crate::sys`]; this file only composes them.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Control, KernelOps, ModuleDir, Relay, Relocation, Transport};
+use crate::modname::ModName;
+use crate::sys;
+
+pub const PROCFS_ROOT: &str = "/proc/systemtap";
+pub const DEBUGFS_ROOT: &str = "/sys/kernel/debug/systemtap";
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxKernel;
+
+impl LinuxKernel {
+    fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+        sys::open(
+            path.as_os_str(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )
+    }
+}
+
+/// Kernel symbols staprun relocates, as the C staprun sends them.
+const KERNEL_SYMBOLS: [&str; 4] = [
+    "_stext",
+    "kallsyms_lookup_name",
+    "kallsyms_on_each_symbol",
+    "module_kallsyms_on_each_symbol",
+];
+
+impl KernelOps for LinuxKernel {
+    fn init_module(&self, image: &[u8], params: &str) -> io::Result<()> {
+        sys::init_module(image, params)
+    }
+
+    fn delete_module(&self, name: &str) -> io::Result<()> {
+        sys::delete_module(name)
+    }
+
+    fn is_loaded(&self, name: &str) -> bool {
+        let want = name.replace('-', "_");
+        std::fs::read_to_string("/proc/modules")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.split(' ').next() == Some(want.as_str()))
+            })
+            .unwrap_or(false)
+    }
+
+    fn open_module_dir(&self, name: &ModName) -> io::Result<Box<dyn ModuleDir>> {
+        // debugfs first when it is really debugfs, as the C tools do.
+        if let Ok(root) = Self::open_dir(Path::new(DEBUGFS_ROOT))
+            && sys::fstatfs_type(root.as_fd()).ok() == Some(sys::DEBUGFS_MAGIC)
+            && let Ok(fd) = sys::openat(
+                root.as_fd(),
+                OsStr::new(name.as_str()),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            )
+        {
+            return Ok(Box::new(LinuxModuleDir {
+                fd,
+                transport: Transport::Debugfs,
+            }));
+        }
+        let root = Self::open_dir(Path::new(PROCFS_ROOT))?;
+        let fd = sys::openat(
+            root.as_fd(),
+            OsStr::new(name.as_str()),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )?;
+        Ok(Box::new(LinuxModuleDir {
+            fd,
+            transport: Transport::Procfs,
+        }))
+    }
+
+    fn systemtap_modules(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for root in [DEBUGFS_ROOT, PROCFS_ROOT] {
+            if let Ok(rd) = std::fs::read_dir(root) {
+                for e in rd.flatten() {
+                    if let Some(n) = e.file_name().to_str()
+                        && !names.iter().any(|x: &String| x == n)
+                    {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn relocations(&self) -> Vec<Relocation> {
+        let mut out = Vec::new();
+        if let Ok(ks) = std::fs::read_to_string("/proc/kallsyms") {
+            for want in KERNEL_SYMBOLS {
+                let found = ks.lines().find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    let addr = it.next()?;
+                    let _kind = it.next()?;
+                    let sym = it.next()?;
+                    // Only the kernel's own symbol (no "[module]" suffix).
+                    (sym == want && it.next().is_none())
+                        .then(|| u64::from_str_radix(addr, 16).ok())?
+                });
+                if let Some(address) = found {
+                    out.push(Relocation {
+                        module: "kernel".into(),
+                        symbol: want.into(),
+                        address,
+                    });
+                }
+            }
+            if Path::new("/sys/kernel/notes").exists() && !out.is_empty() {
+                out.push(Relocation {
+                    module: "kernel".into(),
+                    symbol: ".note.gnu.build-id".into(),
+                    address: 2,
+                });
+            }
+        }
+        if let Ok(mods) = std::fs::read_dir("/sys/module") {
+            for m in mods.flatten() {
+                let Ok(secs) = std::fs::read_dir(m.path().join("sections")) else {
+                    continue;
+                };
+                let module = m.file_name().to_string_lossy().into_owned();
+                for s in secs.flatten() {
+                    let symbol = s.file_name().to_string_lossy().into_owned();
+                    let Ok(text) = std::fs::read_to_string(s.path()) else {
+                        continue;
+                    };
+                    let Some(hex) = text.trim().strip_prefix("0x") else {
+                        continue;
+                    };
+                    let Ok(mut address) = u64::from_str_radix(hex, 16) else {
+                        continue;
+                    };
+                    if symbol.contains("init.") {
+                        address = 0;
+                    }
+                    out.push(Relocation {
+                        module: module.clone(),
+                        symbol,
+                        address,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn possible_cpus(&self) -> usize {
+        std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|s| parse_cpu_list_max(s.trim()))
+            .map(|m| m + 1)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .min(1024)
+    }
+}
+
+/// Highest CPU number in a list such as `0-3,8`.
+pub fn parse_cpu_list_max(s: &str) -> Option<usize> {
+    s.split(',')
+        .filter_map(|part| part.rsplit('-').next()?.trim().parse::<usize>().ok())
+        .max()
+}
+
+/// A module directory opened with `O_DIRECTORY|O_NOFOLLOW`.
+#[derive(Debug)]
+pub struct LinuxModuleDir {
+    fd: OwnedFd,
+    transport: Transport,
+}
+
+impl LinuxModuleDir {
+    /// Wrap a directory fd passed from staprun (`-F`).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let st = sys::fstat(fd.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let transport = if sys::fstatfs_type(fd.as_fd())? == sys::DEBUGFS_MAGIC {
+            Transport::Debugfs
+        } else {
+            Transport::Procfs
+        };
+        Ok(LinuxModuleDir { fd, transport })
+    }
+}
+
+impl ModuleDir for LinuxModuleDir {
+    fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    fn real_user_may_use_control(&self) -> io::Result<()> {
+        sys::access_rw_as_real_user(self.fd.as_fd(), OsStr::new(".cmd"))
+    }
+
+    fn open_control(&self) -> io::Result<Box<dyn Control>> {
+        let fd = sys::openat(
+            self.fd.as_fd(),
+            OsStr::new(".cmd"),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+        )?;
+        Ok(Box::new(LinuxControl { fd }))
+    }
+
+    fn open_relay(&self, cpu: usize) -> io::Result<Option<Box<dyn Relay>>> {
+        let name = format!("trace{cpu}");
+        match sys::openat(
+            self.fd.as_fd(),
+            OsStr::new(&name),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW,
+        ) {
+            Ok(fd) => Ok(Some(Box::new(LinuxRelay { fd }))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
+
+#[derive(Debug)]
+struct LinuxControl {
+    fd: OwnedFd,
+}
+
+impl Control for LinuxControl {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        let n = sys::write(self.fd.as_fd(), msg)?;
+        // Old runtimes answer len+4 for a whole message.
+        if n == msg.len() || n == msg.len() + 4 {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short control write: {n} of {}", msg.len()),
+            ))
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::read(self.fd.as_fd(), buf)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        sys::poll_one(self.fd.as_fd(), libc::POLLIN, timeout)
+    }
+}
+
+#[derive(Debug)]
+struct LinuxRelay {
+    fd: OwnedFd,
+}
+
+impl Relay for LinuxRelay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match sys::read(self.fd.as_fd(), buf) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(0),
+            r => r,
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        sys::poll_one(self.fd.as_fd(), libc::POLLIN, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list_max("0"), Some(0));
+        assert_eq!(parse_cpu_list_max("0-3"), Some(3));
+        assert_eq!(parse_cpu_list_max("0-3,8,10-11"), Some(11));
+        assert_eq!(parse_cpu_list_max(""), None);
+    }
+}

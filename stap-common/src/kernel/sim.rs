@@ -1,0 +1,752 @@
+//! A simulated kernel that behaves like a loaded SystemTap module: load and
+//! unload bookkeeping, a control channel with one opener and one message
+//! per read, per-CPU relay buffers filled by a producer, and injectable
+//! faults. Host tests drive staprun's and stapio's logic through it.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::{Control, KernelOps, ModuleDir, Relay, Relocation, Transport};
+use crate::modname::ModName;
+use crate::protocol::{Generation, MsgKind, Notice, Request};
+use crate::relay::encode_record;
+
+/// What a simulated module does once started.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub generation: Generation,
+    /// Lines printed by the begin probe (spread over the CPUs in turn).
+    pub begin: Vec<String>,
+    /// Per CPU, this many records of `record_size` bytes after begin.
+    pub records_per_cpu: u32,
+    pub record_size: usize,
+    /// Lines printed by the end probe.
+    pub end: Vec<String>,
+    /// Out-of-band messages sent right after the start reply.
+    pub oob: Vec<String>,
+    /// `system()` commands sent after the start reply.
+    pub system: Vec<String>,
+    /// Request exit after the output (like a script calling `exit()`).
+    pub exit_after_output: bool,
+    /// The value of the start reply (non-zero: probes failed to start).
+    pub start_res: i32,
+    /// Raw, malformed control messages queued before TRANSPORT.
+    pub malformed: Vec<Vec<u8>>,
+    /// Relay buffer bytes per CPU (as `_stp_bufsize` sets it).
+    pub relay_capacity: usize,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            generation: Generation::V4,
+            begin: vec!["hello from begin".into()],
+            records_per_cpu: 0,
+            record_size: 64,
+            end: vec![],
+            oob: vec![],
+            system: vec![],
+            exit_after_output: true,
+            start_res: 0,
+            malformed: vec![],
+            relay_capacity: 16 << 20,
+        }
+    }
+}
+
+/// Faults the simulated kernel injects.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// `init_module` fails with this errno.
+    pub load_errno: Option<i32>,
+    /// Opening `.cmd` fails with EBUSY even when nobody has it.
+    pub control_busy: bool,
+    /// `delete_module` fails with this errno.
+    pub delete_errno: Option<i32>,
+}
+
+/// Who is calling, for access checks (the sim has no processes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub ruid: u32,
+    pub euid: u32,
+}
+
+/// What happened, in order, for tests to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Loaded {
+        name: String,
+        params: String,
+        owner: u32,
+        size: usize,
+    },
+    LoadFailed {
+        errno: i32,
+    },
+    Deleted {
+        name: String,
+    },
+    Request {
+        module: String,
+        euid: u32,
+        req: Request,
+    },
+    RequestRejected {
+        module: String,
+        kind: Option<MsgKind>,
+        errno: i32,
+    },
+    ControlOpened {
+        module: String,
+    },
+    ControlClosed {
+        module: String,
+    },
+}
+
+#[derive(Debug)]
+struct SimModule {
+    owner: u32,
+    params: String,
+    script: Script,
+    control_open: bool,
+    to_user: VecDeque<Vec<u8>>,
+    relay: Vec<VecDeque<u8>>,
+    relay_lost_records: u64,
+    seq: u32,
+    started: bool,
+    exiting: bool,
+    overwrite: bool,
+    next_cpu: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    ncpus: usize,
+    caller: Caller,
+    faults: Faults,
+    scripts: BTreeMap<String, Script>,
+    default_script: Script,
+    modules: BTreeMap<String, SimModule>,
+    /// Names present that are not SystemTap modules (no transport dir).
+    other_modules: Vec<String>,
+    events: Vec<Event>,
+}
+
+/// The simulated kernel; clones share one state.
+#[derive(Debug, Clone)]
+pub struct SimKernel {
+    inner: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl SimKernel {
+    pub fn new(ncpus: usize) -> Self {
+        SimKernel {
+            inner: Arc::new((
+                Mutex::new(State {
+                    ncpus,
+                    caller: Caller { ruid: 0, euid: 0 },
+                    faults: Faults::default(),
+                    scripts: BTreeMap::new(),
+                    default_script: Script::default(),
+                    modules: BTreeMap::new(),
+                    other_modules: Vec::new(),
+                    events: Vec::new(),
+                }),
+                Condvar::new(),
+            )),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.inner.1.notify_all();
+    }
+
+    pub fn set_caller(&self, ruid: u32, euid: u32) {
+        self.lock().caller = Caller { ruid, euid };
+    }
+    pub fn set_faults(&self, f: Faults) {
+        self.lock().faults = f;
+    }
+    pub fn set_default_script(&self, s: Script) {
+        self.lock().default_script = s;
+    }
+    pub fn set_script(&self, module: &str, s: Script) {
+        self.lock().scripts.insert(module.to_string(), s);
+    }
+    /// A loaded module that is not a SystemTap module (e.g. `ext4`).
+    pub fn add_other_module(&self, name: &str) {
+        self.lock().other_modules.push(name.to_string());
+    }
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().events.clone()
+    }
+    pub fn loaded(&self) -> Vec<String> {
+        let s = self.lock();
+        s.modules
+            .keys()
+            .cloned()
+            .chain(s.other_modules.iter().cloned())
+            .collect()
+    }
+    /// Requests the module `name` received, in order.
+    pub fn requests(&self, name: &str) -> Vec<Request> {
+        self.lock()
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Request { module, req, .. } if module == name => Some(req.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn owner_of(&self, name: &str) -> Option<u32> {
+        self.lock().modules.get(name).map(|m| m.owner)
+    }
+    pub fn relay_lost(&self, name: &str) -> u64 {
+        self.lock()
+            .modules
+            .get(name)
+            .map_or(0, |m| m.relay_lost_records)
+    }
+    /// Make the module ask to exit (as a script's timer calling `exit()`).
+    pub fn request_exit(&self, name: &str) {
+        let mut s = self.lock();
+        if let Some(m) = s.modules.get_mut(name) {
+            let msg = Notice::RequestExit.encode(m.script.generation);
+            m.to_user.push_back(msg);
+        }
+        drop(s);
+        self.notify();
+    }
+    /// Print a line from the module's probes now.
+    pub fn print(&self, name: &str, line: &str) {
+        let mut s = self.lock();
+        let ncpus = s.ncpus;
+        if let Some(m) = s.modules.get_mut(name) {
+            let cpu = m.next_cpu % ncpus.max(1);
+            m.next_cpu += 1;
+            emit(m, cpu, line.as_bytes());
+        }
+        drop(s);
+        self.notify();
+    }
+}
+
+fn emit(m: &mut SimModule, cpu: usize, payload: &[u8]) {
+    m.seq = m.seq.wrapping_add(1);
+    let mut rec = Vec::with_capacity(payload.len() + 12);
+    encode_record(m.script.generation, m.seq, payload, &mut rec);
+    let cap = m.script.relay_capacity;
+    let Some(q) = m.relay.get_mut(cpu) else {
+        return;
+    };
+    if q.len() + rec.len() > cap {
+        if m.overwrite {
+            // Flight-recorder mode: drop the oldest bytes (a reader then
+            // resynchronises).
+            let drop_n = (q.len() + rec.len()).saturating_sub(cap).min(q.len());
+            q.drain(..drop_n);
+        } else {
+            m.relay_lost_records += 1;
+            return;
+        }
+    }
+    q.extend(rec);
+}
+
+fn start_probes(m: &mut SimModule, ncpus: usize) {
+    let g = m.script.generation;
+    let begin = m.script.begin.clone();
+    for line in begin {
+        let cpu = m.next_cpu % ncpus;
+        m.next_cpu += 1;
+        emit(m, cpu, format!("{line}\n").as_bytes());
+    }
+    for i in 0..m.script.records_per_cpu {
+        for cpu in 0..ncpus {
+            let mut line = format!("cpu={cpu} n={i} ").into_bytes();
+            let size = m.script.record_size.max(line.len() + 1);
+            line.resize(size - 1, b'x');
+            line.push(b'\n');
+            emit(m, cpu, &line);
+        }
+    }
+    m.to_user.push_back(
+        Notice::Start {
+            res: m.script.start_res,
+        }
+        .encode(g),
+    );
+    for o in m.script.oob.clone() {
+        m.to_user.push_back(Notice::OobData(o).encode(g));
+    }
+    for c in m.script.system.clone() {
+        m.to_user.push_back(Notice::System(c).encode(g));
+    }
+    if m.script.exit_after_output {
+        m.to_user.push_back(Notice::RequestExit.encode(g));
+    }
+}
+
+fn end_probes(m: &mut SimModule, ncpus: usize) {
+    let g = m.script.generation;
+    for line in m.script.end.clone() {
+        let cpu = m.next_cpu % ncpus;
+        m.next_cpu += 1;
+        emit(m, cpu, format!("{line}\n").as_bytes());
+    }
+    m.to_user.push_back(Notice::Exit.encode(g));
+}
+
+impl KernelOps for SimKernel {
+    fn init_module(&self, image: &[u8], params: &str) -> io::Result<()> {
+        let mut s = self.lock();
+        if let Some(e) = s.faults.load_errno {
+            s.events.push(Event::LoadFailed { errno: e });
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let name = crate::elf::module_name(image)
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOEXEC))?
+            .1;
+        if s.modules.contains_key(&name) || s.other_modules.contains(&name) {
+            s.events.push(Event::LoadFailed {
+                errno: libc::EEXIST,
+            });
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        let mut script = s
+            .scripts
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| s.default_script.clone());
+        if let Some(mb) = params
+            .split(' ')
+            .find_map(|p| p.strip_prefix("_stp_bufsize=")?.parse::<usize>().ok())
+        {
+            script.relay_capacity = mb << 20;
+        }
+        let owner = s.caller.ruid;
+        let ncpus = s.ncpus;
+        let mut to_user: VecDeque<Vec<u8>> = script.malformed.iter().cloned().collect();
+        to_user.push_back(Notice::Transport.encode(script.generation));
+        s.events.push(Event::Loaded {
+            name: name.clone(),
+            params: params.to_string(),
+            owner,
+            size: image.len(),
+        });
+        s.modules.insert(
+            name,
+            SimModule {
+                owner,
+                params: params.to_string(),
+                script,
+                control_open: false,
+                to_user,
+                relay: vec![VecDeque::new(); ncpus],
+                relay_lost_records: 0,
+                seq: 0,
+                started: false,
+                exiting: false,
+                overwrite: false,
+                next_cpu: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete_module(&self, name: &str) -> io::Result<()> {
+        let mut s = self.lock();
+        if let Some(e) = s.faults.delete_errno {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        if s.modules.remove(name).is_some() {
+            s.events.push(Event::Deleted {
+                name: name.to_string(),
+            });
+            drop(s);
+            self.notify();
+            return Ok(());
+        }
+        if let Some(i) = s.other_modules.iter().position(|n| n == name) {
+            s.other_modules.remove(i);
+            s.events.push(Event::Deleted {
+                name: name.to_string(),
+            });
+            return Ok(());
+        }
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn is_loaded(&self, name: &str) -> bool {
+        let s = self.lock();
+        s.modules.contains_key(name) || s.other_modules.iter().any(|n| n == name)
+    }
+
+    fn open_module_dir(&self, name: &ModName) -> io::Result<Box<dyn ModuleDir>> {
+        if !self.lock().modules.contains_key(name.as_str()) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        Ok(Box::new(SimDir {
+            k: self.clone(),
+            name: name.as_str().to_string(),
+        }))
+    }
+
+    fn systemtap_modules(&self) -> io::Result<Vec<String>> {
+        Ok(self.lock().modules.keys().cloned().collect())
+    }
+
+    fn relocations(&self) -> Vec<Relocation> {
+        vec![
+            Relocation {
+                module: "kernel".into(),
+                symbol: "_stext".into(),
+                address: 0xffff_ffff_8100_0000,
+            },
+            Relocation {
+                module: "ext4".into(),
+                symbol: ".text".into(),
+                address: 0xffff_ffff_c000_0000,
+            },
+        ]
+    }
+
+    fn possible_cpus(&self) -> usize {
+        self.lock().ncpus
+    }
+}
+
+#[derive(Debug)]
+struct SimDir {
+    k: SimKernel,
+    name: String,
+}
+
+impl ModuleDir for SimDir {
+    fn transport(&self) -> Transport {
+        Transport::Procfs
+    }
+
+    fn real_user_may_use_control(&self) -> io::Result<()> {
+        let s = self.k.lock();
+        let m = s
+            .modules
+            .get(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        // .cmd is mode 0600, owned by the loading user.
+        if s.caller.ruid == 0 || s.caller.ruid == m.owner {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        }
+    }
+
+    fn open_control(&self) -> io::Result<Box<dyn Control>> {
+        let mut s = self.k.lock();
+        let busy = s.faults.control_busy;
+        let caller = s.caller;
+        let m = s
+            .modules
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        if caller.euid != 0 && caller.euid != m.owner {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        if m.control_open || busy {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        m.control_open = true;
+        m.overwrite = false;
+        s.events.push(Event::ControlOpened {
+            module: self.name.clone(),
+        });
+        Ok(Box::new(SimControl {
+            k: self.k.clone(),
+            name: self.name.clone(),
+        }))
+    }
+
+    fn open_relay(&self, cpu: usize) -> io::Result<Option<Box<dyn Relay>>> {
+        let s = self.k.lock();
+        let m = s
+            .modules
+            .get(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        if cpu >= m.relay.len() {
+            return Ok(None);
+        }
+        if s.caller.euid != 0 && s.caller.euid != m.owner {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        Ok(Some(Box::new(SimRelay {
+            k: self.k.clone(),
+            name: self.name.clone(),
+            cpu,
+        })))
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+#[derive(Debug)]
+struct SimControl {
+    k: SimKernel,
+    name: String,
+}
+
+impl Drop for SimControl {
+    fn drop(&mut self) {
+        let mut s = self.k.lock();
+        if let Some(m) = s.modules.get_mut(&self.name) {
+            m.control_open = false;
+            if !m.exiting {
+                m.overwrite = true;
+            }
+        }
+        s.events.push(Event::ControlClosed {
+            module: self.name.clone(),
+        });
+    }
+}
+
+impl Control for SimControl {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        let mut s = self.k.lock();
+        let euid = s.caller.euid;
+        let ncpus = s.ncpus;
+        let name = self.name.clone();
+        let m = s
+            .modules
+            .get_mut(&name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        let g = m.script.generation;
+        if msg.len() < 4 {
+            return Ok(());
+        }
+        let kind = g.kind(u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]));
+        let req = match Request::decode(g, msg) {
+            Ok(r) => r,
+            Err(_) => {
+                let errno = libc::EINVAL;
+                s.events.push(Event::RequestRejected {
+                    module: name,
+                    kind,
+                    errno,
+                });
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+        };
+        let privileged = matches!(
+            req,
+            Request::Relocation { .. }
+                | Request::TzInfo { .. }
+                | Request::PrivilegeCredentials { .. }
+                | Request::RemoteId { .. }
+        );
+        if privileged && euid != 0 {
+            s.events.push(Event::RequestRejected {
+                module: name,
+                kind,
+                errno: libc::EPERM,
+            });
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        let mut result = Ok(());
+        match &req {
+            Request::Start { .. } if !m.started => {
+                m.started = true;
+                start_probes(m, ncpus);
+            }
+            Request::Exit if !m.exiting => {
+                m.exiting = true;
+                end_probes(m, ncpus);
+            }
+            // Not built for bulk mode.
+            Request::Bulk => result = Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            _ => {}
+        }
+        s.events.push(Event::Request {
+            module: name,
+            euid,
+            req,
+        });
+        drop(s);
+        self.k.notify();
+        result
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.k.lock();
+        let m = s
+            .modules
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+        let Some(msg) = m.to_user.pop_front() else {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        };
+        if msg.len() > buf.len() {
+            // The real module loses the message in this case.
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        buf[..msg.len()].copy_from_slice(&msg);
+        Ok(msg.len())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.k.lock();
+        loop {
+            match s.modules.get(&self.name) {
+                None => return Ok(true),
+                Some(m) if !m.to_user.is_empty() => return Ok(true),
+                Some(_) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            s = self
+                .k
+                .inner
+                .1
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SimRelay {
+    k: SimKernel,
+    name: String,
+    cpu: usize,
+}
+
+impl Relay for SimRelay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.k.lock();
+        let Some(m) = s.modules.get_mut(&self.name) else {
+            return Ok(0);
+        };
+        let q = &mut m.relay[self.cpu];
+        let n = q.len().min(buf.len());
+        for (i, b) in q.drain(..n).enumerate() {
+            buf[i] = b;
+        }
+        Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.k.lock();
+        loop {
+            match s.modules.get(&self.name) {
+                None => return Ok(false),
+                Some(m) if !m.relay[self.cpu].is_empty() => return Ok(true),
+                Some(_) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            s = self
+                .k
+                .inner
+                .1
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl SimModule {
+    #[allow(dead_code)]
+    fn params(&self) -> &str {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::build_test_module;
+
+    #[test]
+    fn load_start_exit_unload() {
+        let k = SimKernel::new(2);
+        k.set_caller(1000, 0);
+        k.init_module(&build_test_module("pmod", &[]), "").unwrap();
+        assert_eq!(k.owner_of("pmod"), Some(1000));
+        let e = k
+            .init_module(&build_test_module("pmod", &[]), "")
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        let dir = k.open_module_dir(&ModName::new("pmod").unwrap()).unwrap();
+        let mut c = dir.open_control().unwrap();
+        // Single opener.
+        assert_eq!(
+            dir.open_control().err().and_then(|e| e.raw_os_error()),
+            Some(libc::EBUSY)
+        );
+        let g = Generation::V4;
+        let mut buf = [0u8; 512];
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(Notice::decode(g, &buf[..n]).unwrap(), Notice::Transport);
+        c.send(&Request::Start { target: 0 }.encode(g).unwrap())
+            .unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(
+            Notice::decode(g, &buf[..n]).unwrap(),
+            Notice::Start { res: 0 }
+        );
+        // A 5.x-numbered message is unknown to a 4.x module.
+        let e = c
+            .send(&Request::Ready.encode(Generation::V5).unwrap())
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        // Privileged messages need euid 0.
+        k.set_caller(1000, 1000);
+        let e = c
+            .send(&Request::PrivilegeCredentials { mask: 8 }.encode(g).unwrap())
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let mut r = dir.open_relay(0).unwrap().unwrap();
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 8);
+        drop(c);
+        k.delete_module("pmod").unwrap();
+        assert!(!k.is_loaded("pmod"));
+    }
+
+    #[test]
+    fn relay_overrun_is_counted() {
+        let k = SimKernel::new(1);
+        k.set_default_script(Script {
+            records_per_cpu: 100,
+            record_size: 100,
+            relay_capacity: 1000,
+            ..Script::default()
+        });
+        k.init_module(&build_test_module("m", &[]), "").unwrap();
+        let dir = k.open_module_dir(&ModName::new("m").unwrap()).unwrap();
+        let mut c = dir.open_control().unwrap();
+        c.send(&Request::Start { target: 0 }.encode(Generation::V4).unwrap())
+            .unwrap();
+        assert!(k.relay_lost("m") > 80);
+    }
+}

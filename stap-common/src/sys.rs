@@ -1,0 +1,458 @@
+//! The thin system layer: every `unsafe` call of both programs lives here,
+//! each with a `// SAFETY:` note. Everything returns `io::Result`.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+/// -1 means failure with errno set; anything else is a result.
+fn cerr<T: Copy + PartialEq + From<i8>>(r: T) -> io::Result<T> {
+    if r == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Real, effective and saved user and group ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids {
+    pub ruid: u32,
+    pub euid: u32,
+    pub suid: u32,
+    pub rgid: u32,
+    pub egid: u32,
+    pub sgid: u32,
+}
+
+pub fn ids() -> io::Result<Ids> {
+    let (mut ruid, mut euid, mut suid) = (0, 0, 0);
+    let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+    // SAFETY: the pointers are to live, writable locals of the right type.
+    cerr(unsafe { libc::getresuid(&mut ruid, &mut euid, &mut suid) })?;
+    // SAFETY: as above.
+    cerr(unsafe { libc::getresgid(&mut rgid, &mut egid, &mut sgid) })?;
+    Ok(Ids {
+        ruid,
+        euid,
+        suid,
+        rgid,
+        egid,
+        sgid,
+    })
+}
+
+/// Supplementary groups of the process.
+pub fn groups() -> io::Result<Vec<u32>> {
+    // SAFETY: size 0 with a null pointer only asks for the count.
+    let n = cerr(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+    let mut v = vec![0 as libc::gid_t; usize::try_from(n).unwrap_or(0) + 1];
+    let len =
+        libc::c_int::try_from(v.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `v` has room for `len` gids.
+    let n = cerr(unsafe { libc::getgroups(len, v.as_mut_ptr()) })?;
+    v.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(v)
+}
+
+/// Permanently become `uid`/`gid` (real, effective and saved), keeping
+/// the supplementary groups (they are already the user's: setuid does not
+/// change them), then prove root cannot be regained.
+pub fn drop_privileges_for_good(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain syscalls on integer arguments.
+    cerr(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: as above.
+    cerr(unsafe { libc::setresuid(uid, uid, uid) })?;
+    let now = ids()?;
+    if [now.ruid, now.euid, now.suid] != [uid; 3] || [now.rgid, now.egid, now.sgid] != [gid; 3] {
+        return Err(io::Error::other("ids did not change as asked"));
+    }
+    if uid != 0 {
+        // SAFETY: as above; this must fail.
+        let back = unsafe { libc::setresuid(0, 0, 0) };
+        if back == 0 {
+            return Err(io::Error::other("root could be regained after the drop"));
+        }
+    }
+    Ok(())
+}
+
+/// Mark every descriptor above 2 close-on-exec.
+pub fn cloexec_from_3() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels: walk /proc/self/fd.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        set_cloexec(fd, true).ok();
+    }
+    Ok(())
+}
+
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on an integer fd; a bad fd gives EBADF.
+    let flags = cerr(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    cerr(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) })?;
+    Ok(())
+}
+
+/// Is `fd` open?
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD on an integer fd has no side effect.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Make sure fds 0, 1 and 2 are open (on /dev/null), so files we open
+/// later never land on them.
+pub fn ensure_std_fds() -> io::Result<()> {
+    for fd in 0..3 {
+        if !fd_is_open(fd) {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            let raw = f.as_raw_fd();
+            if raw != fd {
+                // SAFETY: dup2 onto a closed descriptor number.
+                cerr(unsafe { libc::dup2(raw, fd) })?;
+            } else {
+                std::mem::forget(f);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC)`.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+    let c = cstring(name)?;
+    // SAFETY: `c` is a valid NUL-terminated string; `dir` is a live fd.
+    let fd =
+        cerr(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+    // SAFETY: openat returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `open(path, flags | O_CLOEXEC)`.
+pub fn open(path: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: valid C string.
+    let fd = cerr(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+    // SAFETY: a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `faccessat(dir, name, R_OK|W_OK, 0)`: checked with the **real** ids.
+pub fn access_rw_as_real_user(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let c = cstring(name)?;
+    // SAFETY: valid C string and live fd.
+    cerr(unsafe { libc::faccessat(dir.as_raw_fd(), c.as_ptr(), libc::R_OK | libc::W_OK, 0) })?;
+    Ok(())
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    // SAFETY: zeroed stat is a valid value of a plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable and `fd` is live.
+    cerr(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// `statfs` magic of an open file.
+pub fn fstatfs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: zeroed statfs is a valid value of a plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable and `fd` is live.
+    cerr(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.f_type)
+}
+
+pub const DEBUGFS_MAGIC: i64 = 0x6462_6720;
+
+/// `init_module(image, params)`.
+pub fn init_module(image: &[u8], params: &str) -> io::Result<()> {
+    let p = CString::new(params).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: the image pointer and length describe a live slice; params is a C string.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_init_module,
+            image.as_ptr(),
+            image.len() as libc::c_ulong,
+            p.as_ptr(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `delete_module(name, O_NONBLOCK)`.
+pub fn delete_module(name: &str) -> io::Result<()> {
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C string.
+    let r = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Kernel release (`uname -r`).
+pub fn kernel_release() -> io::Result<String> {
+    // SAFETY: zeroed utsname is valid; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is writable.
+    cerr(unsafe { libc::uname(&mut u) })?;
+    // SAFETY: uname NUL-terminates each field.
+    let r = unsafe { CStr::from_ptr(u.release.as_ptr()) };
+    Ok(r.to_string_lossy().into_owned())
+}
+
+/// Wait for `events` on `fd` for up to `timeout`.
+pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut p, 1, ms) } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(p.revents & (events | libc::POLLERR | libc::POLLHUP) != 0),
+    }
+}
+
+/// `read(2)` on a borrowed fd.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live writable slice of that length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// `write(2)` on a borrowed fd.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice of that length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// Set the process name shown by ps (`PR_SET_NAME`).
+pub fn set_process_name(name: &CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// `PR_GET_NO_NEW_PRIVS`.
+pub fn no_new_privs() -> bool {
+    // SAFETY: a query with no pointers.
+    unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 }
+}
+
+/// Make the process non-dumpable (no core with root's data, no ptrace by
+/// the user while privileged).
+pub fn set_dumpable(on: bool) {
+    // SAFETY: PR_SET_DUMPABLE with 0 or 1.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on)) };
+}
+
+/// Signal handling mode for [`set_signal`].
+#[derive(Debug, Clone, Copy)]
+pub enum Disposition {
+    Default,
+    Ignore,
+    /// Run the given async-signal-safe handler.
+    Handler(extern "C" fn(libc::c_int)),
+}
+
+pub fn set_signal(sig: libc::c_int, d: Disposition) -> io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; we fill the handler and mask.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = match d {
+        Disposition::Default => libc::SIG_DFL,
+        Disposition::Ignore => libc::SIG_IGN,
+        Disposition::Handler(f) => f as usize,
+    };
+    // SAFETY: sa_mask is a valid sigset_t inside `sa`.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: `sa` is fully initialised; old action not wanted.
+    cerr(unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
+/// Block (`true`) or unblock the given signals in this thread.
+pub fn mask_signals(sigs: &[libc::c_int], block: bool) -> io::Result<()> {
+    // SAFETY: a zeroed sigset is then initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in sigs {
+        // SAFETY: as above.
+        unsafe { libc::sigaddset(&mut set, *s) };
+    }
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: valid set; old mask not wanted.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Unblock every signal (a caller may have blocked some before exec).
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: a zeroed sigset is then initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: valid set; SIG_SETMASK to the empty set.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+pub fn kill(pid: i32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cerr(unsafe { libc::kill(pid, sig) })?;
+    Ok(())
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+/// Pin the calling thread to `cpu` (best effort).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < 1024 {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// `strftime` of `fmt` in local time at `t` (seconds since the epoch).
+pub fn strftime_local(fmt: &str, t: i64) -> io::Result<String> {
+    let c = CString::new(fmt).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a zeroed tm is valid and localtime_r fills it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let tt: libc::time_t = t;
+    // SAFETY: valid pointers to locals.
+    if unsafe { libc::localtime_r(&tt, &mut tm) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf has buf.len() bytes; c and tm are valid.
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), c.as_ptr(), &tm) };
+    if n == 0 && !fmt.is_empty() {
+        return Err(io::Error::other("strftime result empty or too long"));
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|_| io::Error::from_raw_os_error(libc::EILSEQ))
+}
+
+/// Local time zone: (seconds east of UTC, abbreviation), from `localtime_r`.
+pub fn local_timezone(t: i64) -> (i64, String) {
+    // SAFETY: a zeroed tm is valid; localtime_r fills it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() || tm.tm_zone.is_null() {
+        return (0, "UTC".into());
+    }
+    // SAFETY: tm_zone points to a NUL-terminated static string set by libc.
+    let name = unsafe { CStr::from_ptr(tm.tm_zone) }
+        .to_string_lossy()
+        .into_owned();
+    (tm.tm_gmtoff, name)
+}
+
+/// Look up a group id by name in the group database (`getgrnam_r`).
+pub fn group_id(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: a zeroed group struct is valid storage for getgrnam_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are to live locals of the documented sizes.
+    let r =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() {
+        None
+    } else {
+        Some(grp.gr_gid)
+    }
+}
+
+/// `execv(path, argv)` with the given environment; returns only on error.
+pub fn execve(path: &CStr, argv: &[CString], env: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Set an rlimit's soft and hard values (used by tests only in practice).
+pub fn current_uid_is_root() -> bool {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() == 0 }
+}
