@@ -1,0 +1,109 @@
+//! `vm-agent`: PID 1 of the test initramfs.
+//!
+//! Mounts the pseudo file systems, runs the scenario named by
+//! `vmtest.scenario=NAME` on the kernel command line, reports on /dev/ttyS1
+//! (see the `vm` crate docs for the line format), checks that no fixture
+//! module is left loaded, and powers off.
+
+mod proto;
+mod scenarios;
+mod sys;
+mod util;
+
+use std::time::Instant;
+
+use util::Reporter;
+
+/// Fixture modules shipped in /fixtures; none may stay loaded after a scenario.
+pub const FIXTURE_MODULES: &[&str] = &["pmod", "pmod5", "fixture_a", "fixture_b", "plainmod"];
+
+fn setup() -> Vec<String> {
+    let mut problems = Vec::new();
+    let mounts: &[(&str, &str, &str, &str)] = &[
+        ("proc", "/proc", "proc", ""),
+        ("sysfs", "/sys", "sysfs", ""),
+        ("devtmpfs", "/dev", "devtmpfs", "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", "mode=0755"),
+        ("debugfs", "/sys/kernel/debug", "debugfs", ""),
+    ];
+    for (src, dst, fs, data) in mounts {
+        let _ = std::fs::create_dir_all(dst);
+        if let Err(e) = sys::mount(src, dst, fs, 0, data) {
+            problems.push(format!("mount {dst}: {e}"));
+        }
+    }
+    problems
+}
+
+fn scenario_name() -> String {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("vmtest.scenario=").map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn main() {
+    // `/init --insmod PATH [PARAM...]`: load a module with the caller's
+    // credentials (busybox insmod drops privileges when ruid != euid).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--insmod") && args.len() >= 3 {
+        match sys::finit_module(&args[2], &args[3..].join(" ")) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("insmod {}: {e}", args[2]);
+                std::process::exit(e.raw_os_error().unwrap_or(1));
+            }
+        }
+    }
+    let t0 = Instant::now();
+    let problems = setup();
+    let mut r = Reporter::open();
+    let name = scenario_name();
+    r.line(&format!("BEGIN {name}"));
+    for p in &problems {
+        r.check("setup", false, p);
+    }
+    r.log(&format!(
+        "kernel {} cpus {}",
+        sys::kernel_release(),
+        num_cpus()
+    ));
+    match scenarios::find(&name) {
+        Some(f) => {
+            if let Err(e) = scenarios::prepare_blessed_dir() {
+                r.check("setup_blessed_dir", false, e);
+            }
+            f(&mut r);
+            // Nothing may be left behind, whatever the scenario did.
+            let left: Vec<String> = util::loaded_modules()
+                .into_iter()
+                .filter(|m| FIXTURE_MODULES.contains(&m.as_str()))
+                .collect();
+            r.check(
+                "no_module_left_loaded",
+                left.is_empty(),
+                format!("loaded fixture modules: {left:?}"),
+            );
+        }
+        None => {
+            r.check(
+                "scenario_exists",
+                false,
+                format!("unknown scenario {name:?}; known: {:?}", scenarios::names()),
+            );
+        }
+    }
+    r.log(&format!("agent time {:.2}s", t0.elapsed().as_secs_f64()));
+    let pass = r.failures == 0 && r.checks > 0;
+    r.line(&format!("END {}", if pass { "PASS" } else { "FAIL" }));
+    let e = sys::power_off();
+    eprintln!("vm-agent: power off failed: {e}");
+}
+
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}

@@ -1,0 +1,386 @@
+//! Host side of the QEMU guest tests: where the prepared artifacts live, how a
+//! guest is booted for one scenario, and how its result channel is judged.
+//!
+//! `cargo xtask vm-prepare` writes `target/vm-cache/vm-test.env`; everything here
+//! starts from that file. The guest agent (`vm-agent`, PID 1 in the initramfs)
+//! reports on the second serial port, one line per event:
+//!
+//! ```text
+//! VMTEST BEGIN <scenario>
+//! VMTEST LOG <text>
+//! VMTEST CHECK PASS|FAIL <name> :: <detail>
+//! VMTEST END PASS|FAIL
+//! ```
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Console texts that mean the guest kernel is broken.
+pub const KERNEL_FAILURE_MARKERS: &[&str] = &[
+    "Kernel panic",
+    "soft lockup",
+    "BUG:",
+    "Oops",
+    "WARNING: CPU:",
+    "general protection fault",
+];
+
+/// The file `vm-prepare` writes last, naming the kernel and initramfs.
+pub const ENV_FILE: &str = "vm-test.env";
+
+/// Hint printed whenever an artifact is missing.
+pub const PREPARE_HINT: &str =
+    "run `cargo xtask vm-prepare` (as root, it installs what is missing)";
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` if set when this crate was built or run).
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = manifest
+        .canonicalize()
+        .unwrap_or_else(|_| manifest.to_path_buf());
+    manifest.parent().unwrap_or(&manifest).join("target")
+}
+
+/// `target/vm-cache`, or `$VMTEST_CACHE`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("VMTEST_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => target_dir().join("vm-cache"),
+    }
+}
+
+/// `target/vm-logs`: console and result logs of every boot.
+pub fn log_dir() -> PathBuf {
+    target_dir().join("vm-logs")
+}
+
+/// What `vm-prepare` produced.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub kver: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// `tcg` or `kvm`
+    pub accel: String,
+}
+
+impl Artifacts {
+    /// Reads `vm-test.env` from the cache and checks that every file exists.
+    pub fn load() -> Result<Self, String> {
+        let env = cache_dir().join(ENV_FILE);
+        let text = fs::read_to_string(&env).map_err(|e| {
+            format!(
+                "VM artifacts not prepared ({}: {e}): {PREPARE_HINT}",
+                env.display()
+            )
+        })?;
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{} has no `{key}=` line: {PREPARE_HINT}", env.display()))
+        };
+        let art = Artifacts {
+            kver: get("kver")?,
+            kernel: PathBuf::from(get("kernel")?),
+            initrd: PathBuf::from(get("initrd")?),
+            accel: get("accel").unwrap_or_else(|_| "tcg".into()),
+        };
+        for p in [&art.kernel, &art.initrd] {
+            if !p.is_file() {
+                return Err(format!(
+                    "prepared artifact {} is missing: {PREPARE_HINT}",
+                    p.display()
+                ));
+            }
+        }
+        if which("qemu-system-x86_64").is_none() {
+            return Err(format!(
+                "qemu-system-x86_64 not found in PATH: {PREPARE_HINT}"
+            ));
+        }
+        Ok(art)
+    }
+}
+
+/// Finds an executable in `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// How one guest boot is run.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub scenario: String,
+    /// Extra kernel command-line words.
+    pub append: Vec<String>,
+    pub timeout: Duration,
+    pub smp: u32,
+    pub mem_mib: u32,
+}
+
+impl BootSpec {
+    pub fn new(scenario: &str) -> Self {
+        let timeout = std::env::var("VMTEST_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(180));
+        BootSpec {
+            scenario: scenario.into(),
+            append: Vec::new(),
+            timeout,
+            smp: 2,
+            mem_mib: 512,
+        }
+    }
+}
+
+/// A finished guest run.
+#[derive(Debug)]
+pub struct GuestRun {
+    pub scenario: String,
+    pub console: String,
+    pub results: Vec<String>,
+    pub elapsed: Duration,
+    pub console_log: PathBuf,
+    pub results_log: PathBuf,
+}
+
+/// The judged outcome of a run.
+#[derive(Debug)]
+pub struct Verdict {
+    pub passed: usize,
+    pub failed: Vec<String>,
+    pub ended: Option<bool>,
+}
+
+impl GuestRun {
+    /// Lines of the result channel without the `VMTEST ` prefix.
+    pub fn events(&self) -> impl Iterator<Item = &str> {
+        self.results
+            .iter()
+            .filter_map(|l| l.strip_prefix("VMTEST "))
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let mut v = Verdict {
+            passed: 0,
+            failed: Vec::new(),
+            ended: None,
+        };
+        for e in self.events() {
+            if e.starts_with("CHECK PASS ") {
+                v.passed += 1;
+            } else if let Some(rest) = e.strip_prefix("CHECK FAIL ") {
+                v.failed.push(rest.to_owned());
+            } else if let Some(rest) = e.strip_prefix("END ") {
+                v.ended = Some(rest.trim() == "PASS");
+            }
+        }
+        v
+    }
+
+    /// The whole result channel, for failure reports.
+    pub fn transcript(&self) -> String {
+        let mut s = String::new();
+        for l in &self.results {
+            let _ = writeln!(s, "  {l}");
+        }
+        s
+    }
+
+    /// Ok if the guest reported END PASS with no failed checks.
+    pub fn assert_passed(&self) -> Result<(), String> {
+        let v = self.verdict();
+        let problem = match (v.ended, v.failed.is_empty(), v.passed) {
+            (None, _, _) => {
+                Some("guest never reported VMTEST END (agent crashed or timed out)".to_owned())
+            }
+            (Some(_), false, _) => Some(format!(
+                "{} check(s) failed: {}",
+                v.failed.len(),
+                v.failed.join(" | ")
+            )),
+            (Some(false), true, _) => Some("guest reported END FAIL".to_owned()),
+            (Some(true), true, 0) => Some("guest ran no check".to_owned()),
+            _ => None,
+        };
+        match problem {
+            None => Ok(()),
+            Some(p) => Err(format!(
+                "scenario {}: {p}\n--- guest transcript ({}) ---\n{}--- console: {} ---\n{}",
+                self.scenario,
+                self.results_log.display(),
+                self.transcript(),
+                self.console_log.display(),
+                tail(&self.console, 60)
+            )),
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    let start = v.len().saturating_sub(lines);
+    v[start..].join("\n")
+}
+
+fn find_marker(console: &str) -> Option<&'static str> {
+    KERNEL_FAILURE_MARKERS
+        .iter()
+        .copied()
+        .find(|m| console.contains(m))
+}
+
+/// Boots one guest running `spec.scenario` and waits for it to power off.
+///
+/// Fails (with the console attached) on a kernel failure marker, on the hard
+/// timeout (QEMU is killed), or when QEMU cannot start.
+pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
+    let logs = log_dir();
+    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let stem = format!("{}-{}", spec.scenario, std::process::id());
+    let console_log = logs.join(format!("{stem}.console.log"));
+    let results_log = logs.join(format!("{stem}.results.log"));
+    for p in [&console_log, &results_log] {
+        let _ = fs::remove_file(p);
+    }
+    let mut append = vec![
+        "console=ttyS0".to_owned(),
+        "panic=-1".to_owned(),
+        "oops=panic".to_owned(),
+        "rdinit=/init".to_owned(),
+        "tsc=reliable".to_owned(),
+        format!("vmtest.scenario={}", spec.scenario),
+    ];
+    append.extend(spec.append.iter().cloned());
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    if art.accel == "kvm" {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    cmd.args([
+        "-smp",
+        &spec.smp.to_string(),
+        "-m",
+        &spec.mem_mib.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console_log.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", results_log.display()))
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .arg("-kernel")
+    .arg(&art.kernel)
+    .arg("-initrd")
+    .arg(&art.initrd)
+    .arg("-append")
+    .arg(append.join(" "))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let read_console = || {
+        fs::read(&console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let failure = loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break None,
+            Ok(None) => {}
+            Err(e) => break Some(format!("waiting for QEMU failed: {e}")),
+        }
+        if start.elapsed() > spec.timeout {
+            break Some(format!(
+                "QEMU hard timeout after {:?}: killed",
+                spec.timeout
+            ));
+        }
+        if let Some(m) = find_marker(&read_console()) {
+            // Let the kernel finish printing the report, then stop the guest.
+            std::thread::sleep(Duration::from_millis(1500));
+            break Some(format!("guest kernel failure: console shows {m:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if failure.is_some() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let mut qemu_err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut qemu_err);
+    }
+    let elapsed = start.elapsed();
+    let console = read_console();
+    let results = fs::read(&results_log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect();
+    let run = GuestRun {
+        scenario: spec.scenario.clone(),
+        console,
+        results,
+        elapsed,
+        console_log,
+        results_log,
+    };
+    let failure = failure.or_else(|| {
+        find_marker(&run.console).map(|m| format!("guest kernel failure: console shows {m:?}"))
+    });
+    if let Some(f) = failure {
+        return Err(format!(
+            "scenario {}: {f}\nqemu stderr: {}\n--- guest transcript ---\n{}--- console ({}) ---\n{}",
+            run.scenario,
+            qemu_err.trim(),
+            run.transcript(),
+            run.console_log.display(),
+            tail(&run.console, 80)
+        ));
+    }
+    if run.results.is_empty() && !qemu_err.trim().is_empty() {
+        return Err(format!(
+            "scenario {}: QEMU failed: {}",
+            run.scenario,
+            qemu_err.trim()
+        ));
+    }
+    Ok(run)
+}
+
+/// Boots a scenario and requires it to pass. Returns the run for timings.
+pub fn run_scenario(spec: &BootSpec) -> Result<GuestRun, String> {
+    let art = Artifacts::load()?;
+    let run = boot(&art, spec)?;
+    run.assert_passed()?;
+    Ok(run)
+}

@@ -1,0 +1,120 @@
+//! `cargo xtask`: prepare and run the QEMU guest tests of staprun/stapio.
+//!
+//! - `vm-prepare [--kernel VERSION]`: host tools, guest kernel + headers, fixture
+//!   modules, static staprun/stapio/vm-agent, initramfs (all under target/vm-cache).
+//! - `vm-test [--kernel VERSION] [-- <libtest args>]`: vm-prepare, then
+//!   `cargo test -p vm --test vm`.
+//! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
+#![forbid(unsafe_code)]
+
+mod cpio;
+mod prepare;
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Developer tasks for the staprun/stapio workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install host tools, fetch the guest kernel, build fixture modules, binaries and the initramfs.
+    VmPrepare(prepare::Options),
+    /// vm-prepare, then run the guest test suite (`cargo test -p vm --test vm`).
+    VmTest {
+        #[command(flatten)]
+        opts: prepare::Options,
+        /// Use `cargo nextest run` instead of `cargo test`.
+        #[arg(long)]
+        nextest: bool,
+        /// Arguments passed to the test binary (libtest syntax: filters, --list, --test-threads N ...).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
+    /// vm-prepare, then boot one guest in which alice (stapusr) runs `staprun pmod`.
+    Demo {
+        #[command(flatten)]
+        opts: prepare::Options,
+    },
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Result<()> {
+    let t0 = Instant::now();
+    prepare::prepare(opts)?;
+    let prep = t0.elapsed();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    if nextest {
+        cmd.args(["nextest", "run", "-p", "vm", "--test", "vm"]);
+        if !test_args.is_empty() {
+            cmd.arg("--").args(test_args);
+        }
+    } else {
+        cmd.args(["test", "-p", "vm", "--test", "vm", "--"])
+            .args(test_args);
+    }
+    cmd.current_dir(prepare::workspace_root());
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    eprintln!(
+        "xtask: vm-test wall time {:.1}s (prepare {:.1}s, tests {:.1}s)",
+        t0.elapsed().as_secs_f64(),
+        prep.as_secs_f64(),
+        (t0.elapsed() - prep).as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("guest tests failed ({status})"))
+    }
+}
+
+fn demo(opts: &prepare::Options) -> Result<()> {
+    prepare::prepare(opts)?;
+    let art = vm::Artifacts::load()?;
+    let spec = vm::BootSpec::new("demo");
+    eprintln!(
+        "xtask: booting guest {} ({}) for scenario demo",
+        art.kver, art.accel
+    );
+    let run = vm::boot(&art, &spec)?;
+    println!(
+        "--- guest transcript ({:.2}s) ---",
+        run.elapsed.as_secs_f64()
+    );
+    for e in run.events() {
+        println!("{}", e.strip_prefix("LOG ").unwrap_or(e));
+    }
+    run.assert_passed()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.cmd {
+        Cmd::VmPrepare(opts) => prepare::prepare(opts).map(|_| ()),
+        Cmd::VmTest {
+            opts,
+            nextest,
+            test_args,
+        } => vm_test(opts, *nextest, test_args),
+        Cmd::Demo { opts } => demo(opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
