@@ -456,3 +456,82 @@ pub fn current_uid_is_root() -> bool {
     // SAFETY: always succeeds.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Is user `uid` a member of group `gid` (primary group or listed member)?
+pub fn user_in_group(uid: u32, gid: u32) -> bool {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are to live locals of the documented sizes.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() {
+        return false;
+    }
+    if pw.pw_gid == gid {
+        return true;
+    }
+    // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_bytes().to_vec();
+    let mut gbuf = vec![0 as libc::c_char; 65536];
+    // SAFETY: zeroed group struct is valid storage.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut gres: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: pointers to live locals of the documented sizes.
+    let r = unsafe { libc::getgrgid_r(gid, &mut grp, gbuf.as_mut_ptr(), gbuf.len(), &mut gres) };
+    if r != 0 || gres.is_null() || grp.gr_mem.is_null() {
+        return false;
+    }
+    let mut i = 0;
+    loop {
+        // SAFETY: gr_mem is a NULL-terminated array of C strings inside `gbuf`.
+        let p = unsafe { *grp.gr_mem.add(i) };
+        if p.is_null() {
+            return false;
+        }
+        // SAFETY: each entry is a NUL-terminated string.
+        if unsafe { CStr::from_ptr(p) }.to_bytes() == name.as_slice() {
+            return true;
+        }
+        i += 1;
+    }
+}
+
+/// Remove every variable from this process's environment.
+///
+/// Must be called while the process has one thread (at the start of
+/// `main`), as `clearenv` is not thread-safe.
+pub fn clear_environment() {
+    // SAFETY: called at the top of main, before any thread exists, so no
+    // other code reads the environment concurrently.
+    unsafe { libc::clearenv() };
+}
+
+/// `readlinkat(dir, name)`.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let c = cstring(name)?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C string, live fd, writable buffer of that length.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n.unsigned_abs());
+    Ok(std::ffi::OsString::from_vec(buf))
+}
+
+/// Signals pending (blocked and raised) on this thread or process.
+pub fn pending_signals(sigs: &[libc::c_int]) -> Vec<libc::c_int> {
+    // SAFETY: a zeroed sigset is valid storage; sigpending fills it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is writable.
+    if unsafe { libc::sigpending(&mut set) } != 0 {
+        return Vec::new();
+    }
+    sigs.iter()
+        // SAFETY: `set` is an initialised sigset.
+        .filter(|s| unsafe { libc::sigismember(&set, **s) } == 1)
+        .copied()
+        .collect()
+}

@@ -1,0 +1,247 @@
+//! Gathers [`ModuleFacts`] from one walk of open file descriptors.
+//!
+//! * The blessed directory is reached from `/` one component at a time
+//!   with `O_PATH|O_NOFOLLOW`; each directory crossed is `fstat`ed (a
+//!   symbolic link is followed only when its containing directory is
+//!   trusted, so only root could have made it).
+//! * A module counts as "in the blessed directory" only if its parent
+//!   directory is that very directory (same device and inode) and its name
+//!   opens there with `O_NOFOLLOW`. The bytes are then read from that fd.
+//! * For callers who may only load blessed modules, nothing outside the
+//!   blessed directory is opened for reading (no device or FIFO is ever
+//!   opened as root on their behalf).
+#![forbid(unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use stap_common::sys;
+
+use crate::error::StaprunError;
+use crate::policy::{Class, FileKind, ModuleFacts, Placement, Stat};
+
+/// Largest module image we read (real modules are a few MiB).
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
+
+/// Group facts, injectable so tests can use made-up groups.
+pub trait GroupDb {
+    fn stapdev_gid(&self) -> Option<u32>;
+    fn is_stapdev_member(&self, uid: u32) -> bool;
+}
+
+/// The system's group database.
+#[derive(Debug, Default)]
+pub struct SystemGroups;
+
+impl GroupDb for SystemGroups {
+    fn stapdev_gid(&self) -> Option<u32> {
+        sys::group_id("stapdev")
+    }
+    fn is_stapdev_member(&self, uid: u32) -> bool {
+        self.stapdev_gid().is_some_and(|g| sys::user_in_group(uid, g))
+    }
+}
+
+/// A module file opened for reading, with the facts the policy needs.
+#[derive(Debug)]
+pub struct Opened {
+    pub facts: ModuleFacts,
+    /// The readable fd, when the file was opened (`None` when the caller
+    /// may not load from there and it was not opened at all).
+    pub file: Option<OwnedFd>,
+    pub size: u64,
+}
+
+fn stat_of(fd: BorrowedFd<'_>) -> io::Result<(Stat, u32, (u64, u64), i64)> {
+    let st = sys::fstat(fd)?;
+    Ok((
+        Stat { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 },
+        st.st_mode & libc::S_IFMT,
+        (st.st_dev, st.st_ino),
+        st.st_size,
+    ))
+}
+
+fn trusted_dir(s: &Stat) -> bool {
+    s.uid == 0 && s.mode & 0o002 == 0 && (s.mode & 0o020 == 0 || s.gid == 0)
+}
+
+/// The blessed directory, reached safely.
+struct Blessed {
+    fd: OwnedFd,
+    stat: Stat,
+    id: (u64, u64),
+    untrusted_ancestor: Option<(PathBuf, Stat)>,
+}
+
+/// Walk from `/` to `dir` (absolute) without trusting any symlink that a
+/// non-root user could have made. `Ok(None)` if it does not exist.
+fn walk_to_blessed(dir: &Path) -> io::Result<Option<Blessed>> {
+    let mut cur = sys::open(OsStr::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+    let mut shown = PathBuf::from("/");
+    let mut untrusted: Option<(PathBuf, Stat)> = None;
+    let (st, _, _, _) = stat_of(cur.as_fd())?;
+    if !trusted_dir(&st) {
+        untrusted = Some((shown.clone(), st));
+    }
+    let mut todo: Vec<OsString> = components(dir);
+    todo.reverse();
+    let mut hops = 0;
+    while let Some(name) = todo.pop() {
+        let next = match sys::openat(cur.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (st, kind, _, _) = stat_of(next.as_fd())?;
+        match kind {
+            libc::S_IFLNK => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                // The link lives in `cur`, which has been checked.
+                let target = sys::readlinkat(cur.as_fd(), &name)?;
+                let mut more = components(Path::new(&target));
+                if Path::new(&target).is_absolute() {
+                    cur = sys::open(OsStr::new("/"), libc::O_PATH | libc::O_DIRECTORY)?;
+                    shown = PathBuf::from("/");
+                }
+                more.reverse();
+                todo.extend(more);
+            }
+            libc::S_IFDIR => {
+                cur = next;
+                if name == ".." {
+                    shown.pop();
+                } else {
+                    shown.push(&name);
+                }
+                let last = todo.is_empty();
+                if !last && untrusted.is_none() && !trusted_dir(&st) {
+                    untrusted = Some((shown.clone(), st));
+                }
+            }
+            _ => return Ok(None),
+        }
+    }
+    let (stat, _, id, _) = stat_of(cur.as_fd())?;
+    Ok(Some(Blessed { fd: cur, stat, id, untrusted_ancestor: untrusted }))
+}
+
+fn components(p: &Path) -> Vec<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reopen an `O_PATH` fd for reading through `/proc/self/fd`, and check it
+/// is the same file.
+fn reopen_for_read(path_fd: &OwnedFd, id: (u64, u64)) -> io::Result<OwnedFd> {
+    let p = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+    let fd = sys::open(OsStr::new(&p), libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let (_, _, id2, _) = stat_of(fd.as_fd())?;
+    if id2 != id {
+        return Err(io::Error::other("file changed while being opened"));
+    }
+    Ok(fd)
+}
+
+/// Gather the facts for loading `path` as a caller of `class`.
+pub fn gather(path: &Path, blessed_dir: &Path, class: Class, groups: &dyn GroupDb) -> Result<Opened, StaprunError> {
+    let io_err = |what: &str, e: io::Error| StaprunError::Io { what: what.to_string(), path: path.to_path_buf(), source: e };
+    let blessed = walk_to_blessed(blessed_dir).map_err(|e| io_err("cannot check the blessed directory for", e))?;
+
+    // The module's parent directory and final name.
+    let name = path.file_name().ok_or_else(|| io_err("no file name in", io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let parent_fd = sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| io_err("cannot open the directory of", e))?;
+    let (_, _, parent_id, _) = stat_of(parent_fd.as_fd()).map_err(|e| io_err("cannot stat the directory of", e))?;
+
+    let stapdev_gid = groups.stapdev_gid();
+    let mut facts = ModuleFacts {
+        path: path.to_path_buf(),
+        blessed_dir: blessed_dir.to_path_buf(),
+        placement: Placement::NoBlessedDir,
+        blessed: blessed.as_ref().map(|b| b.stat),
+        untrusted_ancestor: blessed.as_ref().and_then(|b| b.untrusted_ancestor.clone()),
+        file: Stat { uid: u32::MAX, gid: u32::MAX, mode: 0 },
+        kind: FileKind::Other,
+        owner_is_stapdev: false,
+        stapdev_gid,
+    };
+
+    // Open the name as an O_PATH fd: in the blessed directory through its
+    // own fd with O_NOFOLLOW, elsewhere by path.
+    let in_blessed = blessed.as_ref().is_some_and(|b| b.id == parent_id);
+    let path_fd = if let (true, Some(b)) = (in_blessed, blessed.as_ref()) {
+        let fd = sys::openat(b.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW)
+            .map_err(|e| io_err("cannot open module", e))?;
+        let (_, kind, _, _) = stat_of(fd.as_fd()).map_err(|e| io_err("cannot stat module", e))?;
+        if kind == libc::S_IFLNK {
+            facts.placement = Placement::SymlinkInBlessedDir;
+            if !class.may_load_anything() {
+                return Ok(Opened { facts, file: None, size: 0 });
+            }
+            sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| io_err("cannot open module", e))?
+        } else {
+            facts.placement = Placement::InBlessedDir;
+            fd
+        }
+    } else {
+        facts.placement = if blessed.is_some() { Placement::Elsewhere } else { Placement::NoBlessedDir };
+        if !class.may_load_anything() {
+            return Ok(Opened { facts, file: None, size: 0 });
+        }
+        sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| io_err("cannot open module", e))?
+    };
+
+    let (st, kind, id, size) = stat_of(path_fd.as_fd()).map_err(|e| io_err("cannot stat module", e))?;
+    facts.file = st;
+    facts.kind = if kind == libc::S_IFREG { FileKind::Regular } else { FileKind::Other };
+    facts.owner_is_stapdev = st.uid != 0 && groups.is_stapdev_member(st.uid);
+    if facts.kind != FileKind::Regular {
+        return Ok(Opened { facts, file: None, size: 0 });
+    }
+    let size = u64::try_from(size).unwrap_or(0);
+    if size > MAX_MODULE_BYTES {
+        return Err(StaprunError::ModuleTooLarge { path: path.to_path_buf(), size, limit: MAX_MODULE_BYTES });
+    }
+    let file = reopen_for_read(&path_fd, id).map_err(|e| io_err("cannot open module", e))?;
+    Ok(Opened { facts, file: Some(file), size })
+}
+
+/// Read the whole module from the checked fd: exactly `size` bytes.
+pub fn read_image(fd: &OwnedFd, size: u64, path: &Path) -> Result<Vec<u8>, StaprunError> {
+    let len = usize::try_from(size).map_err(|_| StaprunError::ModuleTooLarge { path: path.to_path_buf(), size, limit: MAX_MODULE_BYTES })?;
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match sys::read(fd.as_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StaprunError::Io { what: "cannot read module".into(), path: path.to_path_buf(), source: e }),
+        }
+    }
+    // The file must not have shrunk or grown while we read it.
+    let mut extra = [0u8; 1];
+    let more = sys::read(fd.as_fd(), &mut extra).unwrap_or(0);
+    if got != len || more != 0 {
+        return Err(StaprunError::ModuleChanged { path: path.to_path_buf() });
+    }
+    if buf.is_empty() {
+        return Err(StaprunError::ModuleEmpty { path: path.to_path_buf() });
+    }
+    Ok(buf)
+}

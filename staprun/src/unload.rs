@@ -1,0 +1,65 @@
+//! `staprun -d`: unload only a SystemTap module that the real user owns and
+//! that nobody is attached to (the CVE-2010-4171 rule).
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use stap_common::modname::ModName;
+
+use crate::error::StaprunError;
+use crate::policy::Class;
+use crate::Context;
+
+/// Unload `name`, or with `"*"` every unused SystemTap module of the caller.
+pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError> {
+    if name == "*" {
+        let mut done = Vec::new();
+        for m in ctx.kernel.systemtap_modules().unwrap_or_default() {
+            let Ok(n) = ModName::new(&m) else { continue };
+            // Modules that are not ours or are attached are left alone.
+            if unload_one(ctx, &n).is_ok() {
+                done.push(m);
+            }
+        }
+        return Ok(done);
+    }
+    let n = ModName::new(name).map_err(|e| StaprunError::BadName(e.to_string()))?;
+    unload_one(ctx, &n)?;
+    Ok(vec![name.to_string()])
+}
+
+fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
+    let refuse = |reason: &str| StaprunError::NotUnloadable { name: name.to_string(), reason: reason.to_string() };
+    if ctx.class == Class::None {
+        return Err(refuse("you are not root and not a member of stapusr, stapsys or stapdev"));
+    }
+    let dir = ctx
+        .kernel
+        .open_module_dir(name)
+        .map_err(|_| refuse("it has no SystemTap control directory (not a SystemTap module, or not loaded)"))?;
+    dir.real_user_may_use_control()
+        .map_err(|_| refuse("its control channel belongs to another user"))?;
+    match dir.open_control() {
+        Ok(c) => drop(c),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(refuse("a stapio is attached to it (stop that first)"));
+        }
+        Err(e) => return Err(refuse(&format!("its control channel cannot be opened ({e})"))),
+    }
+    drop(dir);
+    let mut last = None;
+    for i in 0..5u64 {
+        match ctx.kernel.delete_module(name.as_str()) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {
+                std::thread::sleep(Duration::from_millis(100 * (i + 1)));
+                last = Some(e);
+            }
+            Err(e) => return Err(StaprunError::Unload { name: name.to_string(), source: e }),
+        }
+    }
+    Err(StaprunError::Unload {
+        name: name.to_string(),
+        source: last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EAGAIN)),
+    })
+}
