@@ -535,3 +535,277 @@ pub fn pending_signals(sigs: &[libc::c_int]) -> Vec<libc::c_int> {
         .copied()
         .collect()
 }
+
+// ---------------------------------------------------------------------
+// Processes: inherited descriptors, fork/exec, wait, daemon (stapio).
+// ---------------------------------------------------------------------
+
+/// Take ownership of a descriptor inherited across `exec` and named on the
+/// command line (stapio's `-F fd`), marking it close-on-exec. Call it once
+/// at start-up, before anything else could have opened that number.
+/// Descriptors 0-2 are refused: they are the standard streams.
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 || !fd_is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    set_cloexec(fd, true)?;
+    // SAFETY: the descriptor is open (checked above) and was inherited
+    // across exec for this process to own; nothing else in this process
+    // has wrapped it, as this runs once at start-up.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ChildStatus {
+    pub fn success(self) -> bool {
+        self == ChildStatus::Exited(0)
+    }
+}
+
+/// `waitpid(pid)`: `Ok(None)` with `nohang` when it is still running.
+/// EINTR is retried.
+pub fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<ChildStatus>> {
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a writable local.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        if libc::WIFEXITED(status) {
+            return Ok(Some(ChildStatus::Exited(libc::WEXITSTATUS(status))));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Ok(Some(ChildStatus::Signaled(libc::WTERMSIG(status))));
+        }
+        // Stopped or continued: not an ending; keep waiting when blocking.
+        if nohang {
+            return Ok(None);
+        }
+    }
+}
+
+/// A program to run in a forked child, prepared before the fork so that
+/// the child allocates nothing between `fork` and `execve`.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// Written to stderr by the child if `execve` fails.
+    failure: Vec<u8>,
+}
+
+impl ExecSpec {
+    /// `path` is executed as is (no `PATH` search); `env` entries are
+    /// `NAME=value`.
+    pub fn new<A: AsRef<OsStr>, E: AsRef<OsStr>>(
+        path: &OsStr,
+        argv: impl IntoIterator<Item = A>,
+        env: impl IntoIterator<Item = E>,
+    ) -> io::Result<Self> {
+        let argv = argv
+            .into_iter()
+            .map(|a| cstring(a.as_ref()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env = env
+            .into_iter()
+            .map(|a| cstring(a.as_ref()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut failure = b"cannot execute ".to_vec();
+        failure.extend_from_slice(path.as_bytes());
+        failure.push(b'\n');
+        Ok(ExecSpec {
+            path: cstring(path)?,
+            argv,
+            env,
+            failure,
+        })
+    }
+
+    /// The current process environment as `NAME=value` entries.
+    pub fn inherited_env() -> Vec<std::ffi::OsString> {
+        std::env::vars_os()
+            .map(|(k, v)| {
+                let mut s = k;
+                s.push("=");
+                s.push(v);
+                s
+            })
+            .collect()
+    }
+}
+
+/// Pointer arrays for `execve`, built before `fork`.
+struct Prepared<'a> {
+    spec: &'a ExecSpec,
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(spec: &'a ExecSpec) -> Self {
+        let mut argv: Vec<_> = spec.argv.iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut env: Vec<_> = spec.env.iter().map(|s| s.as_ptr()).collect();
+        env.push(std::ptr::null());
+        Prepared { spec, argv, env }
+    }
+
+    /// In a forked child: default signal dispositions (Rust ignores
+    /// SIGPIPE, the parent may catch others), an empty signal mask, then
+    /// `execve`. Only async-signal-safe calls; never returns.
+    fn exec_in_child(&self) -> ! {
+        for sig in [
+            libc::SIGPIPE,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGCHLD,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            // SAFETY: signal(2) with SIG_DFL is async-signal-safe.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+        // SAFETY: a zeroed sigset_t on the stack, emptied, then installed;
+        // sigemptyset and sigprocmask are async-signal-safe.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
+        // SAFETY: NULL-terminated arrays of C strings owned by `spec`,
+        // which outlives this call (the child never returns).
+        unsafe {
+            libc::execve(self.spec.path.as_ptr(), self.argv.as_ptr(), self.env.as_ptr());
+        }
+        let msg = &self.spec.failure;
+        // SAFETY: write(2) of a live buffer, then _exit(2); both
+        // async-signal-safe.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    }
+}
+
+/// Close every descriptor from 3 up (in a forked child).
+fn close_from_3_in_child() {
+    // SAFETY: close_range(2) only closes descriptors of this (child) process.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Fork a child that waits, before `exec`, until the returned descriptor
+/// is written to (one byte) — SystemTap's `-c` hold until the probes have
+/// started. If the descriptor is closed without a write, the child exits
+/// with status 1 without running anything. The child closes descriptors
+/// from 3 up before `exec`.
+pub fn spawn_held(spec: &ExecSpec) -> io::Result<(i32, OwnedFd)> {
+    let prepared = Prepared::new(spec);
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    cerr(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the child below only makes async-signal-safe calls (read,
+    // close_range, signal, sigprocmask, execve, write, _exit) on data
+    // prepared before the fork, so it is sound in a multithreaded parent.
+    let pid = cerr(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        loop {
+            // SAFETY: read(2) into a one-byte stack buffer.
+            let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // SAFETY: _exit(2) is async-signal-safe.
+            unsafe { libc::_exit(1) };
+        }
+        close_from_3_in_child();
+        prepared.exec_in_child();
+    }
+    drop(rd);
+    Ok((pid, wr))
+}
+
+/// Run a program without waiting for it (SystemTap's `system()`): fork a
+/// child that closes descriptors from 3 up and forks again; the grandchild
+/// execs, the child exits at once and is reaped here, so no zombie and no
+/// wait for the command itself.
+pub fn spawn_detached(spec: &ExecSpec) -> io::Result<()> {
+    let prepared = Prepared::new(spec);
+    // SAFETY: as in `spawn_held`, the child and grandchild only make
+    // async-signal-safe calls on data prepared before the fork.
+    let pid = cerr(unsafe { libc::fork() })?;
+    if pid == 0 {
+        close_from_3_in_child();
+        // SAFETY: as above.
+        match unsafe { libc::fork() } {
+            0 => prepared.exec_in_child(),
+            // SAFETY: _exit(2) is async-signal-safe.
+            -1 => unsafe { libc::_exit(1) },
+            // SAFETY: as above.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
+    match waitpid(pid, false)? {
+        Some(ChildStatus::Exited(0)) => Ok(()),
+        _ => Err(io::Error::other("could not fork the command")),
+    }
+}
+
+/// Number of threads of this process (from /proc/self/status).
+pub fn thread_count() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// `daemon(0, 1)`: fork, the parent exits 0, the child starts a new
+/// session and changes to `/`; the standard streams stay open. Refused
+/// (EBUSY) once the process has more than one thread, as only the calling
+/// thread would survive the fork.
+pub fn daemonize() -> io::Result<()> {
+    if thread_count()? != 1 {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: the process is single-threaded (checked above), so the
+    // child continues with consistent state.
+    cerr(unsafe { libc::daemon(0, 1) })?;
+    Ok(())
+}
+
+/// Point each of `fds` (e.g. 1 and 2) at /dev/null.
+pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for &fd in fds {
+        // SAFETY: dup2 onto a standard descriptor number; the old one, if
+        // open, is closed atomically by the kernel.
+        cerr(unsafe { libc::dup2(null.as_raw_fd(), fd) })?;
+    }
+    Ok(())
+}
