@@ -204,11 +204,16 @@ static void ctl_send_str(u32 type, const char *s)
 
 /* ---- relay output ----------------------------------------------------- */
 
-static void stp_print(const char *data, u32 len)
+/*
+ * Writes one record: header + payload, under print_lock so that sequence
+ * numbers are global and increase in every CPU's buffer.  With cpu >= 0 the
+ * payload is a record line "cpu=C n=N seq=S ..." padded to `len` bytes.
+ */
+static void stp_write_record(const char *data, u32 len, int cpu, int n)
 {
 	unsigned long flags;
 	char *rec;
-	u32 hlen;
+	u32 hlen = STP_GEN == 5 ? 12 : 8;
 
 	if (!rchan || len == 0 || len > STP_MAX_RECORD)
 		return;
@@ -221,16 +226,27 @@ static void stp_print(const char *data, u32 len)
 	memcpy(rec, "\xF0\x9F\xA9\xBA", 4);
 	memcpy(rec + 4, &sequence, 4);
 	memcpy(rec + 8, &len, 4);
-	hlen = 12;
 #else
 	memcpy(rec, &sequence, 4);
 	memcpy(rec + 4, &len, 4);
-	hlen = 8;
 #endif
-	memcpy(rec + hlen, data, len);
+	if (cpu >= 0) {
+		int k = scnprintf(rec + hlen, len, "cpu=%d n=%d seq=%u ", cpu, n, sequence);
+
+		if (k < len - 1)
+			memset(rec + hlen + k, '.', len - 1 - k);
+		rec[hlen + len - 1] = '\n';
+	} else {
+		memcpy(rec + hlen, data, len);
+	}
 	relay_write(rchan, rec, hlen + len);
 	spin_unlock_irqrestore(&print_lock, flags);
 	kfree(rec);
+}
+
+static void stp_print(const char *data, u32 len)
+{
+	stp_write_record(data, len, -1, 0);
 }
 
 static void stp_printf(const char *fmt, ...)
@@ -352,22 +368,16 @@ static void request_exit(void)
 static void cpu_work_fn(struct work_struct *w)
 {
 	int cpu = raw_smp_processor_id();
-	int size = clamp(record_size, 16, STP_MAX_RECORD);
-	char *line = kmalloc(STP_MAX_RECORD, GFP_KERNEL);
-	int n, i;
+	int size = clamp(record_size, 32, STP_MAX_RECORD);
+	int i;
 
-	for (i = 0; line && i < records && !READ_ONCE(stopping); i++) {
-		n = scnprintf(line, STP_MAX_RECORD, "cpu=%d n=%d ", cpu, i);
-		if (n < size - 1)
-			memset(line + n, '.', size - 1 - n);
-		line[size - 1] = '\n';
-		stp_print(line, size);
+	for (i = 0; i < records && !READ_ONCE(stopping); i++) {
+		stp_write_record(NULL, size, cpu, i);
 		if (rate > 0)
 			msleep(max(1, 1000 / rate));
 		else if ((i & 63) == 63)
 			cond_resched();
 	}
-	kfree(line);
 	if (atomic_dec_and_test(&cpus_running) && run_ms <= 0)
 		request_exit();
 }

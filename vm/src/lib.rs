@@ -70,6 +70,8 @@ pub struct Artifacts {
     pub initrd: PathBuf,
     /// `tcg` or `kvm`
     pub accel: String,
+    /// False when prepared with `--infra-only` (no staprun/stapio in the image).
+    pub product: bool,
 }
 
 impl Artifacts {
@@ -93,6 +95,7 @@ impl Artifacts {
             kernel: PathBuf::from(get("kernel")?),
             initrd: PathBuf::from(get("initrd")?),
             accel: get("accel").unwrap_or_else(|_| "tcg".into()),
+            product: get("product").map(|p| p != "no").unwrap_or(true),
         };
         for p in [&art.kernel, &art.initrd] {
             if !p.is_file() {
@@ -378,8 +381,15 @@ pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
 }
 
 /// Boots a scenario and requires it to pass. Returns the run for timings.
+/// Scenarios other than `infra_boot`/`boot` need the product in the image.
 pub fn run_scenario(spec: &BootSpec) -> Result<GuestRun, String> {
     let art = Artifacts::load()?;
+    if !art.product && !matches!(spec.scenario.as_str(), "infra_boot" | "boot") {
+        return Err(format!(
+            "scenario {}: the initramfs was prepared with --infra-only (no staprun/stapio): run `cargo xtask vm-prepare`",
+            spec.scenario
+        ));
+    }
     let run = boot(&art, spec)?;
     run.assert_passed()?;
     Ok(run)

@@ -9,7 +9,21 @@ use std::time::Instant;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Scenario names, as known to the guest agent (`vm/src/bin/vm-agent/scenarios.rs`).
-const SCENARIOS: &[&str] = &["infra_boot"];
+/// `boot` (KVM probe) and `demo` (`cargo xtask demo`) are not tests of their own.
+const SCENARIOS: &[&str] = &[
+    "infra_boot",
+    "alice_runs_pmod",
+    "alice_runs_pmod5",
+    "permission_table",
+    "unload_refusals",
+    "detach_attach",
+    "signals",
+    "second_load_exists",
+    "stapio_sigkill_cleanup",
+    "privilege_drop",
+    "env_attacks",
+    "relay_ordering",
+];
 
 fn run(name: &'static str) -> Result<(), Failed> {
     let t0 = Instant::now();

@@ -563,6 +563,7 @@ pub fn prepare(opts: &Options) -> Result<vm::Artifacts> {
         kernel: vmlinuz,
         initrd,
         accel: "tcg".into(),
+        product: !opts.infra_only,
     };
     art.accel = probe_accel(&art);
     let env = format!(

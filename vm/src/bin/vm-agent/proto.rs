@@ -10,7 +10,6 @@ pub mod msg {
     pub const START: u32 = 0;
     pub const EXIT: u32 = 1;
     pub const OOB_DATA: u32 = 2;
-    pub const SYSTEM: u32 = 3;
     pub const TRANSPORT: u32 = 4;
     pub const CONNECT: u32 = 5;
     pub const BULK: u32 = 7;

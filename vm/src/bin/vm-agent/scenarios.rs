@@ -11,16 +11,20 @@ use crate::proto::{self, Ctl, Gen, Relay, msg};
 use crate::sys;
 use crate::util::{self, ALICE, Reporter, STAPUSR, run, run_as};
 
-type Scenario = fn(&mut Reporter);
+pub type Scenario = fn(&mut Reporter);
 
 const SCENARIOS: &[(&str, Scenario)] = &[("boot", boot), ("infra_boot", infra_boot)];
 
+fn all() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
+    SCENARIOS.iter().chain(crate::product::SCENARIOS.iter())
+}
+
 pub fn find(name: &str) -> Option<Scenario> {
-    SCENARIOS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    all().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
 pub fn names() -> Vec<&'static str> {
-    SCENARIOS.iter().map(|(n, _)| *n).collect()
+    all().map(|(n, _)| *n).collect()
 }
 
 pub const FIXTURES: &str = "/fixtures";
@@ -48,14 +52,14 @@ pub fn install_fixture(name: &str, dest: &Path, mode: u32, uid: u32, gid: u32) -
     chown(dest, Some(uid), Some(gid))
 }
 
-fn insmod_as(creds: sys::Creds, path: &Path, params: &[&str]) -> util::Out {
+pub fn insmod_as(creds: sys::Creds, path: &Path, params: &[&str]) -> util::Out {
     let mut cmd = std::process::Command::new("/init");
     cmd.arg("--insmod").arg(path).args(params);
     sys::set_creds(&mut cmd, creds);
     run(cmd, Duration::from_secs(30))
 }
 
-fn rmmod(name: &str) -> util::Out {
+pub fn rmmod(name: &str) -> util::Out {
     run_as(&util::ROOT, &["/sbin/rmmod", name], &[])
 }
 

@@ -36,7 +36,10 @@ impl Reporter {
             if let Some(o) = self.out.as_mut() {
                 let _ = o.write_all(l.as_bytes());
             }
-            let _ = io::stdout().write_all(l.as_bytes());
+            // The console only gets the lines worth seeing next to kernel messages.
+            if !l.starts_with("VMTEST CHECK PASS") && !l.starts_with("VMTEST LOG") {
+                let _ = io::stdout().write_all(l.as_bytes());
+            }
         }
     }
 
@@ -226,10 +229,6 @@ pub fn spawn(mut cmd: Command) -> io::Result<Running> {
 }
 
 impl Running {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Waits up to `timeout`, then kills the command.
     pub fn wait(mut self, timeout: Duration) -> Out {
         use std::os::unix::process::ExitStatusExt as _;
@@ -315,4 +314,99 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A command running in the background with stdout/stderr going to files, so
+/// that its output can be watched while it runs.
+pub struct Bg {
+    child: Child,
+    out_path: String,
+    err_path: String,
+}
+
+static BG_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Bg {
+    pub fn start(mut cmd: Command) -> io::Result<Bg> {
+        let n = BG_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out_path = format!("/run/bg{n}.out");
+        let err_path = format!("/run/bg{n}.err");
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&out_path)?)
+            .stderr(File::create(&err_path)?);
+        let child = cmd.spawn()?;
+        Ok(Bg {
+            child,
+            out_path,
+            err_path,
+        })
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err_path).unwrap_or_default()
+    }
+
+    /// Waits until stdout contains `needle`.
+    pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stdout().contains(needle))
+    }
+
+    /// Waits up to `timeout` for the exit, killing the command after that.
+    pub fn wait(mut self, timeout: Duration) -> Out {
+        use std::os::unix::process::ExitStatusExt as _;
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() >= deadline => {
+                    timed_out = true;
+                    let _ = self.child.kill();
+                    break self.child.wait().ok();
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        Out {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            timed_out,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+/// PIDs of processes whose /proc/PID/comm is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+            {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Fields of /proc/PID/status as (key, value) pairs.
+pub fn proc_status(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        })
+        .collect()
 }
