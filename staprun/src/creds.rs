@@ -43,7 +43,11 @@ pub fn classify(real_uid: u32, groups: &[u32], stap: StapGroups) -> Class {
 mod tests {
     use super::*;
 
-    const G: StapGroups = StapGroups { stapusr: Some(156), stapsys: Some(157), stapdev: Some(158) };
+    const G: StapGroups = StapGroups {
+        stapusr: Some(156),
+        stapsys: Some(157),
+        stapdev: Some(158),
+    };
 
     #[test]
     fn classes() {

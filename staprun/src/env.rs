@@ -5,7 +5,19 @@
 #![forbid(unsafe_code)]
 
 /// Variables stapio (running as the user) may inherit.
-const KEEP: &[&str] = &["TERM", "LANG", "LANGUAGE", "PATH", "HOME", "USER", "LOGNAME", "SYSTEMTAP_COLORS", "TZ", "COLUMNS", "LINES"];
+const KEEP: &[&str] = &[
+    "TERM",
+    "LANG",
+    "LANGUAGE",
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SYSTEMTAP_COLORS",
+    "TZ",
+    "COLUMNS",
+    "LINES",
+];
 
 /// Keep `name=value` for stapio?
 pub fn keep(name: &str, value: &str) -> bool {
@@ -15,7 +27,8 @@ pub fn keep(name: &str, value: &str) -> bool {
     if name == "TZ" {
         return safe_tz(value);
     }
-    KEEP.contains(&name) || (name.starts_with("LC_") && name[3..].chars().all(|c| c.is_ascii_uppercase()))
+    KEEP.contains(&name)
+        || (name.starts_with("LC_") && name[3..].chars().all(|c| c.is_ascii_uppercase()))
 }
 
 /// A TZ value that cannot make libc read an arbitrary file.
@@ -38,7 +51,13 @@ mod tests {
 
     #[test]
     fn allowlist() {
-        for (k, v) in [("TERM", "xterm"), ("LANG", "C.UTF-8"), ("LC_ALL", "C"), ("TZ", "Europe/Paris"), ("PATH", "/usr/bin")] {
+        for (k, v) in [
+            ("TERM", "xterm"),
+            ("LANG", "C.UTF-8"),
+            ("LC_ALL", "C"),
+            ("TZ", "Europe/Paris"),
+            ("PATH", "/usr/bin"),
+        ] {
             assert!(keep(k, v), "{k}");
         }
         for (k, v) in [

@@ -20,9 +20,18 @@ pub enum StaprunError {
     #[error("Permission denied loading {path}: {reason}")]
     Denied { path: PathBuf, reason: String },
     #[error("{what} {path}: {source}")]
-    Io { what: String, path: PathBuf, #[source] source: io::Error },
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("module {path} is {size} bytes, more than the {limit}-byte limit")]
-    ModuleTooLarge { path: PathBuf, size: u64, limit: u64 },
+    ModuleTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("module {path} changed size while it was being read")]
     ModuleChanged { path: PathBuf },
     #[error("module {path} is empty")]
@@ -32,17 +41,34 @@ pub enum StaprunError {
     #[error("module option '{0}' is reserved for staprun itself")]
     ReservedOption(String),
     #[error("Couldn't insert module '{path}': {text}")]
-    Insert { path: PathBuf, text: String, exists: bool },
-    #[error("module '{module}' was loaded but its setup failed ({what}: {source}); it has been unloaded")]
-    AfterLoad { module: String, what: &'static str, #[source] source: io::Error },
-    #[error("module '{module}' speaks neither the 4.x nor the 5.x SystemTap control protocol; it has been unloaded")]
+    Insert {
+        path: PathBuf,
+        text: String,
+        exists: bool,
+    },
+    #[error(
+        "module '{module}' was loaded but its setup failed ({what}: {source}); it has been unloaded"
+    )]
+    AfterLoad {
+        module: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "module '{module}' speaks neither the 4.x nor the 5.x SystemTap control protocol; it has been unloaded"
+    )]
     UnknownGeneration { module: String },
     #[error("interrupted while loading '{module}'; it has been unloaded")]
     Interrupted { module: String },
     #[error("'{name}' is not a SystemTap module that can be unloaded: {reason}")]
     NotUnloadable { name: String, reason: String },
     #[error("cannot unload '{name}': {source}")]
-    Unload { name: String, #[source] source: io::Error },
+    Unload {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot attach to '{name}': {reason}")]
     Attach { name: String, reason: String },
     #[error("stapio at {path} is not usable: {reason}")]
@@ -50,7 +76,11 @@ pub enum StaprunError {
     #[error("cannot drop privileges: {0}")]
     Drop(io::Error),
     #[error("cannot run stapio {path}: {source}")]
-    Exec { path: PathBuf, #[source] source: io::Error },
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("Module name {0}")]
     BadName(String),
 }
@@ -59,7 +89,9 @@ impl StaprunError {
     /// A second line of guidance, printed after the error.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            StaprunError::Insert { exists: true, .. } => Some("Rerun with staprun option '-R' to rename this module."),
+            StaprunError::Insert { exists: true, .. } => {
+                Some("Rerun with staprun option '-R' to rename this module.")
+            }
             StaprunError::Usage(_) => Some("Run 'staprun -h' for usage."),
             _ => None,
         }

@@ -40,7 +40,8 @@ impl GroupDb for SystemGroups {
         sys::group_id("stapdev")
     }
     fn is_stapdev_member(&self, uid: u32) -> bool {
-        self.stapdev_gid().is_some_and(|g| sys::user_in_group(uid, g))
+        self.stapdev_gid()
+            .is_some_and(|g| sys::user_in_group(uid, g))
     }
 }
 
@@ -57,7 +58,11 @@ pub struct Opened {
 fn stat_of(fd: BorrowedFd<'_>) -> io::Result<(Stat, u32, (u64, u64), i64)> {
     let st = sys::fstat(fd)?;
     Ok((
-        Stat { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 },
+        Stat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+        },
         st.st_mode & libc::S_IFMT,
         (st.st_dev, st.st_ino),
         st.st_size,
@@ -128,7 +133,12 @@ fn walk_to_blessed(dir: &Path) -> io::Result<Option<Blessed>> {
         }
     }
     let (stat, _, id, _) = stat_of(cur.as_fd())?;
-    Ok(Some(Blessed { fd: cur, stat, id, untrusted_ancestor: untrusted }))
+    Ok(Some(Blessed {
+        fd: cur,
+        stat,
+        id,
+        untrusted_ancestor: untrusted,
+    }))
 }
 
 fn components(p: &Path) -> Vec<OsString> {
@@ -154,19 +164,35 @@ fn reopen_for_read(path_fd: &OwnedFd, id: (u64, u64)) -> io::Result<OwnedFd> {
 }
 
 /// Gather the facts for loading `path` as a caller of `class`.
-pub fn gather(path: &Path, blessed_dir: &Path, class: Class, groups: &dyn GroupDb) -> Result<Opened, StaprunError> {
-    let io_err = |what: &str, e: io::Error| StaprunError::Io { what: what.to_string(), path: path.to_path_buf(), source: e };
-    let blessed = walk_to_blessed(blessed_dir).map_err(|e| io_err("cannot check the blessed directory for", e))?;
+pub fn gather(
+    path: &Path,
+    blessed_dir: &Path,
+    class: Class,
+    groups: &dyn GroupDb,
+) -> Result<Opened, StaprunError> {
+    let io_err = |what: &str, e: io::Error| StaprunError::Io {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let blessed = walk_to_blessed(blessed_dir)
+        .map_err(|e| io_err("cannot check the blessed directory for", e))?;
 
     // The module's parent directory and final name.
-    let name = path.file_name().ok_or_else(|| io_err("no file name in", io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let name = path.file_name().ok_or_else(|| {
+        io_err(
+            "no file name in",
+            io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let parent_fd = sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| io_err("cannot open the directory of", e))?;
-    let (_, _, parent_id, _) = stat_of(parent_fd.as_fd()).map_err(|e| io_err("cannot stat the directory of", e))?;
+    let (_, _, parent_id, _) =
+        stat_of(parent_fd.as_fd()).map_err(|e| io_err("cannot stat the directory of", e))?;
 
     let stapdev_gid = groups.stapdev_gid();
     let mut facts = ModuleFacts {
@@ -175,7 +201,11 @@ pub fn gather(path: &Path, blessed_dir: &Path, class: Class, groups: &dyn GroupD
         placement: Placement::NoBlessedDir,
         blessed: blessed.as_ref().map(|b| b.stat),
         untrusted_ancestor: blessed.as_ref().and_then(|b| b.untrusted_ancestor.clone()),
-        file: Stat { uid: u32::MAX, gid: u32::MAX, mode: 0 },
+        file: Stat {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            mode: 0,
+        },
         kind: FileKind::Other,
         owner_is_stapdev: false,
         stapdev_gid,
@@ -191,39 +221,73 @@ pub fn gather(path: &Path, blessed_dir: &Path, class: Class, groups: &dyn GroupD
         if kind == libc::S_IFLNK {
             facts.placement = Placement::SymlinkInBlessedDir;
             if !class.may_load_anything() {
-                return Ok(Opened { facts, file: None, size: 0 });
+                return Ok(Opened {
+                    facts,
+                    file: None,
+                    size: 0,
+                });
             }
-            sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| io_err("cannot open module", e))?
+            sys::open(path.as_os_str(), libc::O_PATH)
+                .map_err(|e| io_err("cannot open module", e))?
         } else {
             facts.placement = Placement::InBlessedDir;
             fd
         }
     } else {
-        facts.placement = if blessed.is_some() { Placement::Elsewhere } else { Placement::NoBlessedDir };
+        facts.placement = if blessed.is_some() {
+            Placement::Elsewhere
+        } else {
+            Placement::NoBlessedDir
+        };
         if !class.may_load_anything() {
-            return Ok(Opened { facts, file: None, size: 0 });
+            return Ok(Opened {
+                facts,
+                file: None,
+                size: 0,
+            });
         }
         sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| io_err("cannot open module", e))?
     };
 
-    let (st, kind, id, size) = stat_of(path_fd.as_fd()).map_err(|e| io_err("cannot stat module", e))?;
+    let (st, kind, id, size) =
+        stat_of(path_fd.as_fd()).map_err(|e| io_err("cannot stat module", e))?;
     facts.file = st;
-    facts.kind = if kind == libc::S_IFREG { FileKind::Regular } else { FileKind::Other };
+    facts.kind = if kind == libc::S_IFREG {
+        FileKind::Regular
+    } else {
+        FileKind::Other
+    };
     facts.owner_is_stapdev = st.uid != 0 && groups.is_stapdev_member(st.uid);
     if facts.kind != FileKind::Regular {
-        return Ok(Opened { facts, file: None, size: 0 });
+        return Ok(Opened {
+            facts,
+            file: None,
+            size: 0,
+        });
     }
     let size = u64::try_from(size).unwrap_or(0);
     if size > MAX_MODULE_BYTES {
-        return Err(StaprunError::ModuleTooLarge { path: path.to_path_buf(), size, limit: MAX_MODULE_BYTES });
+        return Err(StaprunError::ModuleTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit: MAX_MODULE_BYTES,
+        });
     }
     let file = reopen_for_read(&path_fd, id).map_err(|e| io_err("cannot open module", e))?;
-    Ok(Opened { facts, file: Some(file), size })
+    Ok(Opened {
+        facts,
+        file: Some(file),
+        size,
+    })
 }
 
 /// Read the whole module from the checked fd: exactly `size` bytes.
 pub fn read_image(fd: &OwnedFd, size: u64, path: &Path) -> Result<Vec<u8>, StaprunError> {
-    let len = usize::try_from(size).map_err(|_| StaprunError::ModuleTooLarge { path: path.to_path_buf(), size, limit: MAX_MODULE_BYTES })?;
+    let len = usize::try_from(size).map_err(|_| StaprunError::ModuleTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: MAX_MODULE_BYTES,
+    })?;
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
@@ -231,17 +295,27 @@ pub fn read_image(fd: &OwnedFd, size: u64, path: &Path) -> Result<Vec<u8>, Stapr
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StaprunError::Io { what: "cannot read module".into(), path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(StaprunError::Io {
+                    what: "cannot read module".into(),
+                    path: path.to_path_buf(),
+                    source: e,
+                });
+            }
         }
     }
     // The file must not have shrunk or grown while we read it.
     let mut extra = [0u8; 1];
     let more = sys::read(fd.as_fd(), &mut extra).unwrap_or(0);
     if got != len || more != 0 {
-        return Err(StaprunError::ModuleChanged { path: path.to_path_buf() });
+        return Err(StaprunError::ModuleChanged {
+            path: path.to_path_buf(),
+        });
     }
     if buf.is_empty() {
-        return Err(StaprunError::ModuleEmpty { path: path.to_path_buf() });
+        return Err(StaprunError::ModuleEmpty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(buf)
 }

@@ -11,10 +11,10 @@ use stap_common::kernel::{Control, ModuleDir, module_error_text};
 use stap_common::modname::ModName;
 use stap_common::protocol::{Generation, Request, privilege};
 
+use crate::Context;
 use crate::error::StaprunError;
 use crate::facts::{self, read_image};
 use crate::policy::{Class, Decision, Rule, decide};
-use crate::Context;
 
 /// Where `-u` without a path looks for uprobes.ko.
 pub const DEFAULT_UPROBES: &str = "/usr/share/systemtap/runtime/uprobes/uprobes.ko";
@@ -31,7 +31,10 @@ pub struct Loaded {
 
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loaded").field("name", &self.name).field("generation", &self.generation).finish()
+        f.debug_struct("Loaded")
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 
@@ -42,11 +45,22 @@ pub fn check(ctx: &Context<'_>, path: &Path) -> Result<(Decision, facts::Opened)
 }
 
 fn denied(ctx: &Context<'_>, rule: &Rule, opened: &facts::Opened) -> StaprunError {
-    StaprunError::Denied { path: opened.facts.path.clone(), reason: rule.explain(&opened.facts, ctx.class) }
+    StaprunError::Denied {
+        path: opened.facts.path.clone(),
+        reason: rule.explain(&opened.facts, ctx.class),
+    }
 }
 
 /// Read the module the decision allowed.
 fn allowed_image(ctx: &Context<'_>, path: &Path) -> Result<(Vec<u8>, Rule), StaprunError> {
+    // Nothing is even opened for a caller in no SystemTap group.
+    if ctx.class == Class::None {
+        let reason = Rule::NotInAnyGroup.explain(&dummy_facts(), ctx.class);
+        return Err(StaprunError::Denied {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
     let (decision, opened) = check(ctx, path)?;
     let rule = match decision {
         Decision::Allow(r) => r,
@@ -62,12 +76,20 @@ fn allowed_image(ctx: &Context<'_>, path: &Path) -> Result<(Vec<u8>, Rule), Stap
 /// Rename the module in the in-memory image to `<prefix>_<pid>`, keeping
 /// its length. Returns the new name, or `None` (with a warning) if the
 /// name is too short to rename.
-pub fn rename_image(ctx: &Context<'_>, image: &mut [u8], path: &Path) -> Result<Option<String>, StaprunError> {
-    let (at, old) = elf::module_name(image)
-        .map_err(|e| StaprunError::NotAModule { path: path.to_path_buf(), detail: e.to_string() })?;
+pub fn rename_image(
+    ctx: &Context<'_>,
+    image: &mut [u8],
+    path: &Path,
+) -> Result<Option<String>, StaprunError> {
+    let (at, old) = elf::module_name(image).map_err(|e| StaprunError::NotAModule {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let suffix = format!("_{}", ctx.pid);
     if old.len() <= suffix.len() {
-        (ctx.warn)(&format!("Old module name '{old}' is too short for renaming, ignoring -R."));
+        (ctx.warn)(&format!(
+            "Old module name '{old}' is too short for renaming, ignoring -R."
+        ));
         return Ok(None);
     }
     let new = format!("{}{}", &old[..old.len() - suffix.len()], suffix);
@@ -104,7 +126,11 @@ fn load_uprobes(ctx: &Context<'_>, given: Option<&str>) -> Result<(), StaprunErr
     match ctx.kernel.init_module(&image, "") {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(StaprunError::Insert { path, text: module_error_text(&e), exists: false }),
+        Err(e) => Err(StaprunError::Insert {
+            path,
+            text: module_error_text(&e),
+            exists: false,
+        }),
     }
 }
 
@@ -115,7 +141,11 @@ fn dummy_facts() -> crate::policy::ModuleFacts {
         placement: crate::policy::Placement::Elsewhere,
         blessed: None,
         untrusted_ancestor: None,
-        file: crate::policy::Stat { uid: 0, gid: 0, mode: 0 },
+        file: crate::policy::Stat {
+            uid: 0,
+            gid: 0,
+            mode: 0,
+        },
         kind: crate::policy::FileKind::Other,
         owner_is_stapdev: false,
         stapdev_gid: None,
@@ -131,7 +161,10 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
     }
     let (mut image, rule) = allowed_image(ctx, &target.path)?;
     let path = target.path.clone();
-    let not_module = |detail: String| StaprunError::NotAModule { path: path.clone(), detail };
+    let not_module = |detail: String| StaprunError::NotAModule {
+        path: path.clone(),
+        detail,
+    };
     let (_, inner) = elf::module_name(&image).map_err(|e| not_module(e.to_string()))?;
     let mut name = inner;
     if opts.rename
@@ -141,19 +174,33 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
     }
     let name = ModName::new(&name).map_err(|e| not_module(format!("its module name {e}")))?;
     if (ctx.interrupted)() {
-        return Err(StaprunError::Interrupted { module: name.to_string() });
+        return Err(StaprunError::Interrupted {
+            module: name.to_string(),
+        });
     }
     if let Err(e) = ctx.kernel.init_module(&image, &params) {
         let exists = e.raw_os_error() == Some(libc::EEXIST);
-        return Err(StaprunError::Insert { path, text: module_error_text(&e), exists: exists && !opts.rename });
+        return Err(StaprunError::Insert {
+            path,
+            text: module_error_text(&e),
+            exists: exists && !opts.rename,
+        });
     }
     drop(image);
     // From here on, any failure unloads the module again.
     match setup(ctx, opts, &name) {
-        Ok((generation, dir)) if !(ctx.interrupted)() => Ok(Loaded { name, generation, dir, rule, path }),
+        Ok((generation, dir)) if !(ctx.interrupted)() => Ok(Loaded {
+            name,
+            generation,
+            dir,
+            rule,
+            path,
+        }),
         Ok(_) => {
             let _ = ctx.kernel.delete_module(name.as_str());
-            Err(StaprunError::Interrupted { module: name.to_string() })
+            Err(StaprunError::Interrupted {
+                module: name.to_string(),
+            })
         }
         Err(e) => {
             let _ = ctx.kernel.delete_module(name.as_str());
@@ -162,22 +209,44 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
     }
 }
 
-fn after_load<'a>(module: &'a ModName, what: &'static str) -> impl Fn(io::Error) -> StaprunError + 'a {
-    move |source| StaprunError::AfterLoad { module: module.to_string(), what, source }
+fn after_load<'a>(
+    module: &'a ModName,
+    what: &'static str,
+) -> impl Fn(io::Error) -> StaprunError + 'a {
+    move |source| StaprunError::AfterLoad {
+        module: module.to_string(),
+        what,
+        source,
+    }
 }
 
 /// The privileged messages a freshly loaded module expects, in the C
 /// staprun's order: credentials, relocations, time zone, remote id.
-fn setup(ctx: &Context<'_>, opts: &Options, name: &ModName) -> Result<(Generation, Box<dyn ModuleDir>), StaprunError> {
-    let dir = ctx.kernel.open_module_dir(name).map_err(after_load(name, "opening its control directory"))?;
-    let mut ctl = dir.open_control().map_err(after_load(name, "opening its control channel"))?;
+fn setup(
+    ctx: &Context<'_>,
+    opts: &Options,
+    name: &ModName,
+) -> Result<(Generation, Box<dyn ModuleDir>), StaprunError> {
+    let dir = ctx
+        .kernel
+        .open_module_dir(name)
+        .map_err(after_load(name, "opening its control directory"))?;
+    let mut ctl = dir
+        .open_control()
+        .map_err(after_load(name, "opening its control channel"))?;
     // Path-authorized and root/stapdev loads carry every privilege, as in
     // the C staprun. The module's answer tells its generation.
     let generation = probe_generation(ctl.as_mut(), privilege::ALL)
         .map_err(after_load(name, "sending credentials"))?
-        .ok_or_else(|| StaprunError::UnknownGeneration { module: name.to_string() })?;
+        .ok_or_else(|| StaprunError::UnknownGeneration {
+            module: name.to_string(),
+        })?;
     for r in ctx.kernel.relocations() {
-        let req = Request::Relocation { module: r.module, reloc: r.symbol, address: r.address };
+        let req = Request::Relocation {
+            module: r.module,
+            reloc: r.symbol,
+            address: r.address,
+        };
         // Like the C staprun, a relocation the module refuses is skipped.
         if let Ok(bytes) = req.encode(generation) {
             let _ = ctl.send(&bytes);
@@ -188,12 +257,22 @@ fn setup(ctx: &Context<'_>, opts: &Options, name: &ModName) -> Result<(Generatio
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
         .unwrap_or(0);
     let (gmtoff, zone) = stap_common::sys::local_timezone(now);
-    let tz = Request::TzInfo { gmtoff: -gmtoff, name: zone };
-    ctl.send(&tz.encode(generation).unwrap_or_default()).map_err(after_load(name, "sending the time zone"))?;
+    let tz = Request::TzInfo {
+        gmtoff: -gmtoff,
+        name: zone,
+    };
+    ctl.send(&tz.encode(generation).unwrap_or_default())
+        .map_err(after_load(name, "sending the time zone"))?;
     if let Some(r) = &opts.remote {
-        let req = Request::RemoteId { id: r.id, uri: r.uri.clone() };
-        let bytes = req.encode(generation).map_err(|e| after_load(name, "sending the remote id")(io::Error::other(e)))?;
-        ctl.send(&bytes).map_err(after_load(name, "sending the remote id"))?;
+        let req = Request::RemoteId {
+            id: r.id,
+            uri: r.uri.clone(),
+        };
+        let bytes = req
+            .encode(generation)
+            .map_err(|e| after_load(name, "sending the remote id")(io::Error::other(e)))?;
+        ctl.send(&bytes)
+            .map_err(after_load(name, "sending the remote id"))?;
     }
     drop(ctl);
     Ok((generation, dir))
@@ -203,7 +282,9 @@ fn setup(ctx: &Context<'_>, opts: &Options, name: &ModName) -> Result<(Generatio
 /// accepts one (it answers EINVAL to a type it does not know).
 fn probe_generation(ctl: &mut dyn Control, mask: i32) -> io::Result<Option<Generation>> {
     for g in Generation::probe_order() {
-        let bytes = Request::PrivilegeCredentials { mask }.encode(g).map_err(io::Error::other)?;
+        let bytes = Request::PrivilegeCredentials { mask }
+            .encode(g)
+            .map_err(io::Error::other)?;
         match ctl.send(&bytes) {
             Ok(()) => return Ok(Some(g)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
@@ -217,15 +298,24 @@ fn probe_generation(ctl: &mut dyn Control, mask: i32) -> io::Result<Option<Gener
 /// (its control file is theirs and nobody holds it), and return its
 /// directory for stapio.
 pub fn attach(ctx: &Context<'_>, name: &ModName) -> Result<Box<dyn ModuleDir>, StaprunError> {
-    let fail = |reason: String| StaprunError::Attach { name: name.to_string(), reason };
+    let fail = |reason: String| StaprunError::Attach {
+        name: name.to_string(),
+        reason,
+    };
     if ctx.class == Class::None {
         return Err(fail(Rule::NotInAnyGroup.explain(&dummy_facts(), ctx.class)));
     }
-    let dir = ctx.kernel.open_module_dir(name).map_err(|e| fail(format!("no loaded SystemTap module of that name ({e})")))?;
-    dir.real_user_may_use_control().map_err(|_| fail("its control channel belongs to another user".into()))?;
+    let dir = ctx
+        .kernel
+        .open_module_dir(name)
+        .map_err(|e| fail(format!("no loaded SystemTap module of that name ({e})")))?;
+    dir.real_user_may_use_control()
+        .map_err(|_| fail("its control channel belongs to another user".into()))?;
     match dir.open_control() {
         Ok(c) => drop(c),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(fail("another stapio is attached to it".into())),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(fail("another stapio is attached to it".into()));
+        }
         Err(e) => return Err(fail(format!("cannot open its control channel ({e})"))),
     }
     Ok(dir)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use stap_common::cli::{self, Options, Program};
-use stap_common::kernel::linux::LinuxKernel;
 use stap_common::kernel::ModuleDir;
+use stap_common::kernel::linux::LinuxKernel;
 use stap_common::modname::ModName;
 use stap_common::sys;
 
@@ -40,7 +40,9 @@ fn main() {
         .and_then(|()| sys::mask_signals(&TERM_SIGNALS, true))
         .and_then(|()| sys::set_signal(libc::SIGPIPE, sys::Disposition::Ignore))
         .and_then(|()| sys::set_signal(libc::SIGUSR2, sys::Disposition::Ignore));
-    let result = hygiene.map_err(StaprunError::Setup).and_then(|()| run(captured));
+    let result = hygiene
+        .map_err(StaprunError::Setup)
+        .and_then(|()| run(captured));
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -73,7 +75,10 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
         return Ok(0);
     }
     if opts.version {
-        println!("Systemtap module loader/runner (staprun {}, for SystemTap 4.x and 5.x modules)", stap_common::VERSION);
+        println!(
+            "Systemtap module loader/runner (staprun {}, for SystemTap 4.x and 5.x modules)",
+            stap_common::VERSION
+        );
         return Ok(0);
     }
     // Resolve the name early so a bad MODULE is a usage error even when
@@ -86,7 +91,11 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
 
     let ids = sys::ids().map_err(StaprunError::Setup)?;
     if ids.euid != 0 {
-        let nnp = if sys::no_new_privs() { " (no_new_privs is set, so the setuid bit is ignored)" } else { "" };
+        let nnp = if sys::no_new_privs() {
+            " (no_new_privs is set, so the setuid bit is ignored)"
+        } else {
+            ""
+        };
         return Err(StaprunError::NotSetuidRoot { nnp });
     }
     let mut groups = sys::groups().map_err(StaprunError::Setup)?;
@@ -125,14 +134,19 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
 
 /// stapio must be a root-owned regular file that only root can change.
 fn check_stapio(path: &Path) -> Result<PathBuf, StaprunError> {
-    let bad = |reason: String| StaprunError::Stapio { path: path.to_path_buf(), reason };
+    let bad = |reason: String| StaprunError::Stapio {
+        path: path.to_path_buf(),
+        reason,
+    };
     let fd = sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| bad(e.to_string()))?;
     let st = sys::fstat(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| bad(e.to_string()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(bad("not a regular file".into()));
     }
     if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
-        return Err(bad("it must be owned by root and writable only by root".into()));
+        return Err(bad(
+            "it must be owned by root and writable only by root".into()
+        ));
     }
     Ok(path.to_path_buf())
 }
@@ -162,17 +176,26 @@ fn hand_over(
         return undo(StaprunError::Setup(e));
     }
     let mut argv = vec![stapio.as_os_str().to_os_string()];
-    argv.extend(opts.to_args(name.as_str(), fd).into_iter().map(OsString::from));
+    argv.extend(
+        opts.to_args(name.as_str(), fd)
+            .into_iter()
+            .map(OsString::from),
+    );
     let mut envp: Vec<(String, String)> = env::filter(captured);
     envp.push(("SYSTEMTAP_VERBOSE".into(), opts.verbose.to_string()));
     envp.push(("SYSTEMTAP_MODULE".into(), name.to_string()));
     let to_c = |s: OsString| CString::new(s.into_vec()).unwrap_or_default();
     let argv: Vec<CString> = argv.into_iter().map(to_c).collect();
-    let envp: Vec<CString> = envp.into_iter().map(|(k, v)| to_c(OsString::from(format!("{k}={v}")))).collect();
+    let envp: Vec<CString> = envp
+        .into_iter()
+        .map(|(k, v)| to_c(OsString::from(format!("{k}={v}"))))
+        .collect();
     let path = to_c(stapio.as_os_str().to_os_string());
 
     if interrupted() {
-        return undo(StaprunError::Interrupted { module: name.to_string() });
+        return undo(StaprunError::Interrupted {
+            module: name.to_string(),
+        });
     }
     if let Err(e) = sys::drop_privileges_for_good(ids.ruid, ids.rgid) {
         return undo(StaprunError::Drop(e));
@@ -180,5 +203,8 @@ fn hand_over(
     // Signals still held are delivered to stapio once it has set up its
     // handlers; it unblocks them.
     let e = sys::execve(&path, &argv, &envp);
-    StaprunError::Exec { path: stapio.to_path_buf(), source: e }
+    StaprunError::Exec {
+        path: stapio.to_path_buf(),
+        source: e,
+    }
 }

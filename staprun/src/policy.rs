@@ -129,20 +129,41 @@ impl Rule {
         let path = f.path.display();
         match self {
             Rule::RootMayLoadAnything => "root may load any module".into(),
-            Rule::StapdevMayLoadAnything => "members of stapdev may load any module from any path".into(),
-            Rule::BlessedModule => format!("{path} was placed by an administrator in {dir}, which members of stapusr may load from"),
-            Rule::NotInAnyGroup => "you are not root and not a member of stapusr, stapsys or stapdev".into(),
+            Rule::StapdevMayLoadAnything => {
+                "members of stapdev may load any module from any path".into()
+            }
+            Rule::BlessedModule => format!(
+                "{path} was placed by an administrator in {dir}, which members of stapusr may load from"
+            ),
+            Rule::NotInAnyGroup => {
+                "you are not root and not a member of stapusr, stapsys or stapdev".into()
+            }
             Rule::NotRegularFile => format!("{path} is not a regular file"),
-            Rule::OutsideBlessedDir => format!("as a member of {class} (not stapdev) you may load modules only from {dir}, and {path} is not there"),
-            Rule::SymlinkInBlessedDir => format!("{path} is a symbolic link; modules in {dir} must be regular files"),
-            Rule::NoBlessedDir => format!("as a member of {class} you may load modules only from {dir}, which does not exist"),
+            Rule::OutsideBlessedDir => format!(
+                "as a member of {class} (not stapdev) you may load modules only from {dir}, and {path} is not there"
+            ),
+            Rule::SymlinkInBlessedDir => {
+                format!("{path} is a symbolic link; modules in {dir} must be regular files")
+            }
+            Rule::NoBlessedDir => format!(
+                "as a member of {class} you may load modules only from {dir}, which does not exist"
+            ),
             Rule::BlessedDirNotRootOwned => format!("{dir} must be owned by root"),
             Rule::BlessedDirWorldWritable => format!("{dir} must not be world writable"),
-            Rule::BlessedDirGroupWritable { gid } => format!("{dir} is writable by group {gid}; only group root or stapdev may write to it"),
-            Rule::UntrustedAncestor { dir: d } => format!("{} (on the way to {dir}) must be owned by root and not writable by others", d.display()),
+            Rule::BlessedDirGroupWritable { gid } => format!(
+                "{dir} is writable by group {gid}; only group root or stapdev may write to it"
+            ),
+            Rule::UntrustedAncestor { dir: d } => format!(
+                "{} (on the way to {dir}) must be owned by root and not writable by others",
+                d.display()
+            ),
             Rule::FileWorldWritable => format!("{path} must not be world writable"),
-            Rule::FileGroupWritable { gid } => format!("{path} is writable by group {gid}; only group root or stapdev may write to it"),
-            Rule::FileOwner { uid } => format!("{path} is owned by uid {uid}; it must be owned by root, or by a stapdev member in a root:stapdev directory"),
+            Rule::FileGroupWritable { gid } => format!(
+                "{path} is writable by group {gid}; only group root or stapdev may write to it"
+            ),
+            Rule::FileOwner { uid } => format!(
+                "{path} is owned by uid {uid}; it must be owned by root, or by a stapdev member in a root:stapdev directory"
+            ),
             Rule::UprobesNeedsStapdev => "only root and stapdev may load uprobes.ko (-u)".into(),
         }
     }
@@ -157,7 +178,11 @@ pub fn decide(class: Class, f: &ModuleFacts) -> Decision {
             if f.kind != FileKind::Regular {
                 return Deny(Rule::NotRegularFile);
             }
-            return Allow(if class == Class::Root { Rule::RootMayLoadAnything } else { Rule::StapdevMayLoadAnything });
+            return Allow(if class == Class::Root {
+                Rule::RootMayLoadAnything
+            } else {
+                Rule::StapdevMayLoadAnything
+            });
         }
         Class::Stapsys | Class::Stapusr => {}
     }
@@ -170,7 +195,9 @@ pub fn decide(class: Class, f: &ModuleFacts) -> Decision {
     if let Some((dir, _)) = &f.untrusted_ancestor {
         return Deny(Rule::UntrustedAncestor { dir: dir.clone() });
     }
-    let Some(d) = f.blessed else { return Deny(Rule::NoBlessedDir) };
+    let Some(d) = f.blessed else {
+        return Deny(Rule::NoBlessedDir);
+    };
     let group_ok = |gid: u32| gid == 0 || Some(gid) == f.stapdev_gid;
     if d.uid != 0 {
         return Deny(Rule::BlessedDirNotRootOwned);
@@ -213,9 +240,17 @@ mod tests {
             path: "/lib/modules/K/systemtap/pmod.ko".into(),
             blessed_dir: "/lib/modules/K/systemtap".into(),
             placement: Placement::InBlessedDir,
-            blessed: Some(Stat { uid: 0, gid: 0, mode: 0o755 }),
+            blessed: Some(Stat {
+                uid: 0,
+                gid: 0,
+                mode: 0o755,
+            }),
             untrusted_ancestor: None,
-            file: Stat { uid: 0, gid: 0, mode: 0o644 },
+            file: Stat {
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+            },
             kind: FileKind::Regular,
             owner_is_stapdev: false,
             stapdev_gid: Some(STAPDEV),
@@ -242,22 +277,51 @@ mod tests {
         let mut f = facts();
         f.placement = Placement::Elsewhere;
         assert_eq!(deny(Class::Stapusr, &f), Rule::OutsideBlessedDir);
-        assert!(matches!(decide(Class::Stapdev, &f), Decision::Allow(Rule::StapdevMayLoadAnything)));
+        assert!(matches!(
+            decide(Class::Stapdev, &f),
+            Decision::Allow(Rule::StapdevMayLoadAnything)
+        ));
 
         let mut f = facts();
-        f.blessed = Some(Stat { uid: 1000, gid: 0, mode: 0o755 });
+        f.blessed = Some(Stat {
+            uid: 1000,
+            gid: 0,
+            mode: 0o755,
+        });
         assert_eq!(deny(Class::Stapsys, &f), Rule::BlessedDirNotRootOwned);
-        f.blessed = Some(Stat { uid: 0, gid: 0, mode: 0o777 });
+        f.blessed = Some(Stat {
+            uid: 0,
+            gid: 0,
+            mode: 0o777,
+        });
         assert_eq!(deny(Class::Stapusr, &f), Rule::BlessedDirWorldWritable);
-        f.blessed = Some(Stat { uid: 0, gid: 100, mode: 0o775 });
-        assert_eq!(deny(Class::Stapusr, &f), Rule::BlessedDirGroupWritable { gid: 100 });
+        f.blessed = Some(Stat {
+            uid: 0,
+            gid: 100,
+            mode: 0o775,
+        });
+        assert_eq!(
+            deny(Class::Stapusr, &f),
+            Rule::BlessedDirGroupWritable { gid: 100 }
+        );
 
         let mut f = facts();
         f.file.mode = 0o646;
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileWorldWritable);
-        f.file = Stat { uid: 0, gid: 100, mode: 0o664 };
-        assert_eq!(deny(Class::Stapusr, &f), Rule::FileGroupWritable { gid: 100 });
-        f.file = Stat { uid: 1001, gid: 0, mode: 0o644 };
+        f.file = Stat {
+            uid: 0,
+            gid: 100,
+            mode: 0o664,
+        };
+        assert_eq!(
+            deny(Class::Stapusr, &f),
+            Rule::FileGroupWritable { gid: 100 }
+        );
+        f.file = Stat {
+            uid: 1001,
+            gid: 0,
+            mode: 0o644,
+        };
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1001 });
 
         let mut f = facts();
@@ -267,8 +331,18 @@ mod tests {
         assert_eq!(deny(Class::Stapusr, &f), Rule::NoBlessedDir);
 
         let mut f = facts();
-        f.untrusted_ancestor = Some(("/lib/modules".into(), Stat { uid: 5, gid: 0, mode: 0o755 }));
-        assert!(matches!(deny(Class::Stapusr, &f), Rule::UntrustedAncestor { .. }));
+        f.untrusted_ancestor = Some((
+            "/lib/modules".into(),
+            Stat {
+                uid: 5,
+                gid: 0,
+                mode: 0o755,
+            },
+        ));
+        assert!(matches!(
+            deny(Class::Stapusr, &f),
+            Rule::UntrustedAncestor { .. }
+        ));
 
         let mut f = facts();
         f.kind = FileKind::Other;
@@ -279,16 +353,31 @@ mod tests {
     #[test]
     fn stapdev_layout_lets_stapdev_members_publish() {
         let mut f = facts();
-        f.blessed = Some(Stat { uid: 0, gid: STAPDEV, mode: 0o775 });
-        f.file = Stat { uid: 1002, gid: STAPDEV, mode: 0o664 };
+        f.blessed = Some(Stat {
+            uid: 0,
+            gid: STAPDEV,
+            mode: 0o775,
+        });
+        f.file = Stat {
+            uid: 1002,
+            gid: STAPDEV,
+            mode: 0o664,
+        };
         f.owner_is_stapdev = true;
-        assert!(matches!(decide(Class::Stapusr, &f), Decision::Allow(Rule::BlessedModule)));
+        assert!(matches!(
+            decide(Class::Stapusr, &f),
+            Decision::Allow(Rule::BlessedModule)
+        ));
         // The owner left stapdev: refused.
         f.owner_is_stapdev = false;
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1002 });
         // A 755 root:root directory never accepts a non-root owner.
         let mut f = facts();
-        f.file = Stat { uid: 1002, gid: 0, mode: 0o644 };
+        f.file = Stat {
+            uid: 1002,
+            gid: 0,
+            mode: 0o644,
+        };
         f.owner_is_stapdev = true;
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1002 });
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use stap_common::modname::ModName;
 
+use crate::Context;
 use crate::error::StaprunError;
 use crate::policy::Class;
-use crate::Context;
 
 /// Unload `name`, or with `"*"` every unused SystemTap module of the caller.
 pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError> {
@@ -29,14 +29,18 @@ pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError
 }
 
 fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
-    let refuse = |reason: &str| StaprunError::NotUnloadable { name: name.to_string(), reason: reason.to_string() };
+    let refuse = |reason: &str| StaprunError::NotUnloadable {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
     if ctx.class == Class::None {
-        return Err(refuse("you are not root and not a member of stapusr, stapsys or stapdev"));
+        return Err(refuse(
+            "you are not root and not a member of stapusr, stapsys or stapdev",
+        ));
     }
-    let dir = ctx
-        .kernel
-        .open_module_dir(name)
-        .map_err(|_| refuse("it has no SystemTap control directory (not a SystemTap module, or not loaded)"))?;
+    let dir = ctx.kernel.open_module_dir(name).map_err(|_| {
+        refuse("it has no SystemTap control directory (not a SystemTap module, or not loaded)")
+    })?;
     dir.real_user_may_use_control()
         .map_err(|_| refuse("its control channel belongs to another user"))?;
     match dir.open_control() {
@@ -44,7 +48,11 @@ fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             return Err(refuse("a stapio is attached to it (stop that first)"));
         }
-        Err(e) => return Err(refuse(&format!("its control channel cannot be opened ({e})"))),
+        Err(e) => {
+            return Err(refuse(&format!(
+                "its control channel cannot be opened ({e})"
+            )));
+        }
     }
     drop(dir);
     let mut last = None;
@@ -55,7 +63,12 @@ fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
                 std::thread::sleep(Duration::from_millis(100 * (i + 1)));
                 last = Some(e);
             }
-            Err(e) => return Err(StaprunError::Unload { name: name.to_string(), source: e }),
+            Err(e) => {
+                return Err(StaprunError::Unload {
+                    name: name.to_string(),
+                    source: e,
+                });
+            }
         }
     }
     Err(StaprunError::Unload {
