@@ -368,7 +368,10 @@ pub fn parse(program: Program, raw: &[OsString]) -> Result<Options, CliError> {
         .try_get_matches_from(&canonical)
         .map_err(|e| CliError::Clap(first_line(&e.to_string())))?;
 
-    let last = |id: &str| m.get_many::<String>(id).and_then(|v| v.last().cloned());
+    let last = |id: &str| {
+        m.get_many::<String>(id)
+            .and_then(|mut v| v.next_back().cloned())
+    };
     let mut o = Options {
         verbose: u32::from(m.get_count("verbose")),
         version: m.get_flag("version"),
@@ -391,12 +394,18 @@ pub fn parse(program: Program, raw: &[OsString]) -> Result<Options, CliError> {
     }
     o.target_cmd = last("command");
     // -t and -x: the later one on the command line wins, as with getopt.
-    let x = m
-        .get_many::<String>("target")
-        .map(|v| (m.index_of("target"), v.last().cloned()));
-    let t = m
-        .get_many::<String>("target-pid")
-        .map(|v| (m.index_of("target-pid"), v.last().cloned()));
+    let x = m.get_many::<String>("target").map(|mut v| {
+        (
+            m.indices_of("target").and_then(|mut i| i.next_back()),
+            v.next_back().cloned(),
+        )
+    });
+    let t = m.get_many::<String>("target-pid").map(|mut v| {
+        (
+            m.indices_of("target-pid").and_then(|mut i| i.next_back()),
+            v.next_back().cloned(),
+        )
+    });
     let pid = match (x, t) {
         (Some((xi, xv)), Some((ti, tv))) => {
             if ti > xi {
@@ -853,6 +862,14 @@ mod tests {
             Err(CliError::TargetPid(_))
         ));
         assert_eq!(sr(&["-t", "5", "m"]).unwrap().target_pid, Some(5));
+        assert_eq!(
+            sr(&["-x", "5", "-t", "6", "m"]).unwrap().target_pid,
+            Some(6)
+        );
+        assert_eq!(
+            sr(&["-t", "6", "-x", "5", "m"]).unwrap().target_pid,
+            Some(5)
+        );
         assert_eq!(
             sr(&["-A", "m", "a=1"]).unwrap_err(),
             CliError::AttachWithOptions
