@@ -1,1 +1,107 @@
-fn main() {}
+//! stapio: refuse setuid, parse, open the module directory, connect,
+//! (daemonize), run, unload. The only place that prints the final error.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+
+use stap_common::cli::{self, ColorMode, Program};
+use stap_common::kernel::linux::{LinuxKernel, LinuxModuleDir};
+use stap_common::kernel::{KernelOps, ModuleDir};
+use stap_common::sys;
+
+use stapio::diag::Diag;
+use stapio::session::StaprunUnloader;
+use stapio::signals::{self, Signals};
+use stapio::{Config, Error, Session, Streams};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut color = ColorMode::Auto;
+    let code = match run(&args, &mut color) {
+        Ok(code) => code,
+        Err(Error::Usage(e)) => {
+            eprintln!("stapio: {e}");
+            eprintln!("Try 'stapio -h' for more information.");
+            1
+        }
+        Err(e) => {
+            Diag::stderr(color).error(&e.to_string());
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
+    let ids = sys::ids().map_err(Error::Setup)?;
+    if ids.ruid != ids.euid || ids.rgid != ids.egid {
+        return Err(Error::Setuid {
+            ruid: ids.ruid,
+            euid: ids.euid,
+            rgid: ids.rgid,
+            egid: ids.egid,
+        });
+    }
+    sys::ensure_std_fds().map_err(Error::Setup)?;
+    let opts = cli::parse(Program::Stapio, args)?;
+    if opts.help {
+        let help = cli::command(Program::Stapio).render_help();
+        print!("{help}");
+        let _ = std::io::stdout().flush();
+        return Ok(0);
+    }
+    if opts.version {
+        println!(
+            "Systemtap module I/O (stapio {}, for SystemTap 4.x and 5.x modules)",
+            stap_common::VERSION
+        );
+        return Ok(0);
+    }
+    *color = opts.color;
+    if opts.monitor_interval.is_some() {
+        return Err(Error::MonitorUnsupported);
+    }
+    if opts.delete {
+        return Err(Error::DeleteUnsupported);
+    }
+    // The name only: stapio never loads anything.
+    let name = cli::resolve_module(&opts.module, Path::new("/"))?.name;
+    let kernel = LinuxKernel;
+    let dir: Box<dyn ModuleDir> = match opts.relay_fd {
+        Some(fd) => {
+            let owned =
+                sys::adopt_inherited_fd(fd).map_err(|source| Error::RelayDirFd { fd, source })?;
+            Box::new(
+                LinuxModuleDir::from_fd(owned)
+                    .map_err(|source| Error::RelayDirFd { fd, source })?,
+            )
+        }
+        None => kernel
+            .open_module_dir(&name)
+            .map_err(|source| Error::ModuleDir {
+                module: name.clone(),
+                source,
+            })?,
+    };
+    let signals = Signals::new();
+    signals::install(signals.clone()).map_err(Error::Setup)?;
+    let cwd = std::env::current_dir().map_err(Error::Setup)?;
+    let cfg = Config::from_options(&opts, name, &cwd);
+    let diag = Diag::stderr(opts.color);
+    let streams = Streams {
+        stdout: Box::new(std::io::stdout()),
+        diag,
+    };
+    let session = Session::connect(cfg, &kernel, dir, streams, signals)?;
+    if opts.daemon {
+        sys::daemonize().map_err(Error::Daemon)?;
+        println!("{}", sys::getpid());
+        let _ = std::io::stdout().flush();
+        sys::redirect_to_dev_null(&[1, 2]).map_err(Error::Daemon)?;
+    }
+    let unloader = StaprunUnloader::new(opts.verbose, opts.color);
+    let outcome = session.run(&unloader)?;
+    Ok(outcome.exit_code())
+}
