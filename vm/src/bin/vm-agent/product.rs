@@ -16,6 +16,9 @@ pub const STAPIO: &str = "/usr/libexec/staprun/stapio";
 const HELLO: &str = "pmod: hello from begin";
 const END: &str = "pmod: end";
 const RUN: Duration = Duration::from_secs(60);
+const QUICK: Duration = Duration::from_secs(1);
+/// How long a running session may take to print its begin output.
+const STARTUP: Duration = Duration::from_secs(20);
 
 fn staprun_env(user: &User, args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut argv = vec![STAPRUN];
@@ -67,11 +70,19 @@ fn force_unload(name: &str) {
 
 fn stapio_pid() -> Option<u32> {
     let mut pid = None;
-    util::wait_until(Duration::from_secs(10), || {
+    util::wait_until(Duration::from_secs(5), || {
         pid = util::pids_named("stapio").first().copied();
         pid.is_some()
     });
     pid
+}
+
+/// Sends `sig` to the running stapio; a failed check if there is none.
+fn signal_stapio(r: &mut Reporter, check: &str, sig: libc::c_int) -> bool {
+    match stapio_pid() {
+        Some(pid) => sys::kill(pid, sig).is_ok(),
+        None => !r.check(check, false, "no stapio process"),
+    }
 }
 
 fn log_run(r: &mut Reporter, prompt: &str, out: &Out) {
@@ -326,11 +337,15 @@ pub fn unload_refusals(r: &mut Reporter) {
     force_unload("pmod");
 
     // An attached module (live stapio).
-    let Some(bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
+    let Some(mut bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
         r.check("attached_start", false, "spawn failed");
         return;
     };
-    if r.check("attached_running", bg.wait_stdout(HELLO, RUN), bg.stderr()) {
+    if r.check(
+        "attached_running",
+        bg.wait_stdout(HELLO, STARTUP),
+        bg.stderr(),
+    ) {
         for user in [ALICE, ROOT] {
             let out = staprun(&user, &["-d", "pmod"]);
             r.check(
@@ -345,10 +360,8 @@ pub fn unload_refusals(r: &mut Reporter) {
             );
         }
     }
-    if let Some(pid) = stapio_pid() {
-        let _ = sys::kill(pid, libc::SIGINT);
-    }
-    let out = bg.wait(RUN);
+    let sent = signal_stapio(r, "attached_stapio_pid", libc::SIGINT);
+    let out = bg.wait(if sent { RUN } else { QUICK });
     check_full_run(r, "attached_sigint", "pmod", &out);
 }
 
@@ -375,7 +388,7 @@ pub fn detach_attach(r: &mut Reporter) {
         out.summary(),
     );
 
-    let Some(bg) = staprun_bg(&ALICE, &["-A", "pmod"]) else {
+    let Some(mut bg) = staprun_bg(&ALICE, &["-A", "pmod"]) else {
         r.check("A_start", false, "spawn failed");
         force_unload("pmod");
         return;
@@ -385,15 +398,8 @@ pub fn detach_attach(r: &mut Reporter) {
         bg.wait_stdout("pmod: tick", Duration::from_secs(20)),
         bg.stdout(),
     );
-    match stapio_pid() {
-        Some(pid) => {
-            let _ = sys::kill(pid, libc::SIGINT);
-        }
-        None => {
-            r.check("A_stapio_pid", false, "no stapio process");
-        }
-    }
-    let out = bg.wait(RUN);
+    let sent = signal_stapio(r, "A_stapio_pid", libc::SIGINT);
+    let out = bg.wait(if sent { RUN } else { QUICK });
     r.check(
         "A_sigint_exit0_end",
         out.code == Some(0) && out.stdout.contains(END),
@@ -413,28 +419,21 @@ pub fn signals(r: &mut Reporter) {
         ("SIGTERM", libc::SIGTERM),
         ("SIGQUIT", libc::SIGQUIT),
     ] {
-        let Some(bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
+        let Some(mut bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
             r.check(&format!("{name}_start"), false, "spawn failed");
             continue;
         };
         if !r.check(
             &format!("{name}_running"),
-            bg.wait_stdout(HELLO, RUN),
+            bg.wait_stdout(HELLO, STARTUP),
             bg.stderr(),
         ) {
             let _ = bg.wait(Duration::from_secs(1));
             force_unload("pmod");
             continue;
         }
-        match stapio_pid() {
-            Some(pid) => {
-                let _ = sys::kill(pid, sig);
-            }
-            None => {
-                r.check(&format!("{name}_stapio_pid"), false, "no stapio process");
-            }
-        }
-        let out = bg.wait(RUN);
+        let sent = signal_stapio(r, &format!("{name}_stapio_pid"), sig);
+        let out = bg.wait(if sent { RUN } else { QUICK });
         if sig == libc::SIGQUIT {
             let all = format!("{}{}", out.stdout, out.stderr);
             r.check("SIGQUIT_detaches_exit0", out.code == Some(0), out.summary());
@@ -500,20 +499,13 @@ pub fn stapio_sigkill_cleanup(r: &mut Reporter) {
         return;
     }
     publish("pmod");
-    let Some(bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
+    let Some(mut bg) = staprun_bg(&ALICE, &["pmod", "run_ms=100"]) else {
         r.check("start", false, "spawn failed");
         return;
     };
-    r.check("running", bg.wait_stdout(HELLO, RUN), bg.stderr());
-    match stapio_pid() {
-        Some(pid) => {
-            let _ = sys::kill(pid, libc::SIGKILL);
-        }
-        None => {
-            r.check("stapio_pid", false, "no stapio process");
-        }
-    }
-    let out = bg.wait(RUN);
+    r.check("running", bg.wait_stdout(HELLO, STARTUP), bg.stderr());
+    let sent = signal_stapio(r, "stapio_pid", libc::SIGKILL);
+    let out = bg.wait(if sent { RUN } else { QUICK });
     r.check_eq("killed_by_sigkill", out.signal, Some(libc::SIGKILL));
     r.check("module_left_loaded_after_kill", util::is_loaded("pmod"), "");
     // The kernel closes .cmd when the process dies; -d must now succeed.
@@ -538,13 +530,14 @@ pub fn privilege_drop(r: &mut Reporter) {
     publish("pmod");
     for user in [ALICE, BOB, SAM] {
         let tag = user.name;
-        let Some(bg) = staprun_bg(&user, &["pmod", "run_ms=100"]) else {
+        let Some(mut bg) = staprun_bg(&user, &["pmod", "run_ms=100"]) else {
             r.check(&format!("{tag}_start"), false, "spawn failed");
             continue;
         };
+        let mut sent = false;
         if r.check(
             &format!("{tag}_running"),
-            bg.wait_stdout(HELLO, RUN),
+            bg.wait_stdout(HELLO, STARTUP),
             bg.stderr(),
         ) {
             match stapio_pid() {
@@ -581,14 +574,14 @@ pub fn privilege_drop(r: &mut Reporter) {
                         get("CapPrm"),
                         "0000000000000000".to_owned(),
                     );
-                    let _ = sys::kill(pid, libc::SIGINT);
+                    sent = sys::kill(pid, libc::SIGINT).is_ok();
                 }
                 None => {
                     r.check(&format!("{tag}_stapio_pid"), false, "no stapio process");
                 }
             }
         }
-        let out = bg.wait(RUN);
+        let out = bg.wait(if sent { RUN } else { QUICK });
         check_full_run(r, &format!("{tag}_sigint"), "pmod", &out);
     }
 }

@@ -350,9 +350,19 @@ impl Bg {
         std::fs::read_to_string(&self.err_path).unwrap_or_default()
     }
 
-    /// Waits until stdout contains `needle`.
-    pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> bool {
-        wait_until(timeout, || self.stdout().contains(needle))
+    /// Waits until stdout contains `needle`; gives up early if the command exits.
+    pub fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
+        let mut exited = false;
+        wait_until(timeout, || {
+            if self.stdout().contains(needle) {
+                return true;
+            }
+            if exited {
+                return true; // one last look was taken above
+            }
+            exited = !matches!(self.child.try_wait(), Ok(None));
+            false
+        }) && self.stdout().contains(needle)
     }
 
     /// Waits up to `timeout` for the exit, killing the command after that.
