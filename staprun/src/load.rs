@@ -44,6 +44,22 @@ pub fn check(ctx: &Context<'_>, path: &Path) -> Result<(Decision, facts::Opened)
     Ok((decide(ctx.class, &opened.facts), opened))
 }
 
+/// For `--explain`: whether the caller may load `path`, and why, in plain
+/// words. Loads nothing.
+pub fn explain(ctx: &Context<'_>, path: &Path) -> Result<(bool, String), StaprunError> {
+    if ctx.class == Class::None {
+        return Ok((
+            false,
+            Rule::NotInAnyGroup.explain(&dummy_facts(), ctx.class),
+        ));
+    }
+    let (decision, opened) = check(ctx, path)?;
+    Ok(match decision {
+        Decision::Allow(r) => (true, r.explain(&opened.facts, ctx.class)),
+        Decision::Deny(r) => (false, r.explain(&opened.facts, ctx.class)),
+    })
+}
+
 fn denied(ctx: &Context<'_>, rule: &Rule, opened: &facts::Opened) -> StaprunError {
     StaprunError::Denied {
         path: opened.facts.path.clone(),

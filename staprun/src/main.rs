@@ -68,6 +68,9 @@ fn interrupted() -> bool {
 
 fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--explain") {
+        return explain(&args[1..]);
+    }
     let opts = cli::parse(Program::Staprun, &args)?;
     if opts.help {
         let help = cli::command(Program::Staprun).render_help();
@@ -130,6 +133,56 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     };
     let err = hand_over(&ctx, &opts, &name, dir.as_ref(), &stapio, captured, ids);
     Err(err)
+}
+
+/// `staprun --explain MODULE`: say, without loading anything, whether the
+/// caller may load MODULE and which rule decides. Exit 0 if allowed, 1 if
+/// not.
+fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
+    let [module] = args else {
+        return Err(StaprunError::Usage(cli::CliError::Clap(
+            "usage: staprun --explain MODULE".into(),
+        )));
+    };
+    let module = module
+        .to_str()
+        .ok_or_else(|| cli::CliError::NotUtf8(module.clone()))?;
+    let ids = sys::ids().map_err(StaprunError::Setup)?;
+    if ids.euid != 0 {
+        let nnp = if sys::no_new_privs() {
+            " (no_new_privs is set, so the setuid bit is ignored)"
+        } else {
+            ""
+        };
+        return Err(StaprunError::NotSetuidRoot { nnp });
+    }
+    let mut groups = sys::groups().map_err(StaprunError::Setup)?;
+    groups.push(ids.rgid);
+    let class = classify(ids.ruid, &groups, StapGroups::from_system());
+    let release = sys::kernel_release().map_err(StaprunError::Setup)?;
+    let blessed = blessed_dir_for(&release);
+    let target = cli::resolve_module(module, &blessed)?;
+    let kernel = LinuxKernel;
+    let sysgroups = SystemGroups;
+    let ctx = Context {
+        kernel: &kernel,
+        groups: &sysgroups,
+        blessed_dir: blessed,
+        real_uid: ids.ruid,
+        class,
+        pid: std::process::id(),
+        interrupted: &interrupted,
+        warn: &warn,
+    };
+    let (allowed, text) = load::explain(&ctx, &target.path)?;
+    let who = format!("uid {} ({})", ids.ruid, class);
+    if allowed {
+        println!("{who} may load {}: {text}", target.path.display());
+        Ok(0)
+    } else {
+        println!("{who} may not load {}: {text}", target.path.display());
+        Ok(1)
+    }
 }
 
 /// stapio must be a root-owned regular file that only root can change.

@@ -292,6 +292,35 @@ fn permission_table() {
 }
 
 #[test]
+fn explain_agrees_with_load_on_every_row() {
+    for row in ROWS {
+        for (class, uid) in CLASSES {
+            let tree = Tree::new();
+            let arg = setup(&tree, row);
+            let run = Run::new();
+            run.kernel.set_caller(uid, 0);
+            let warn = |_: &str| {};
+            let ctx = Context {
+                kernel: &run.kernel,
+                groups: &Groups,
+                blessed_dir: tree.blessed(),
+                real_uid: uid,
+                class,
+                pid: 1,
+                interrupted: &no,
+                warn: &warn,
+            };
+            let path = cli::resolve_module(&arg, &tree.blessed()).unwrap().path;
+            let (allowed, text) = load::explain(&ctx, &path).unwrap();
+            assert_eq!(allowed, expected(class, row), "{row:?} as {class}: {text}");
+            assert!(!text.is_empty());
+            // Nothing was loaded by explaining.
+            assert!(run.kernel.events().is_empty());
+        }
+    }
+}
+
+#[test]
 fn denials_name_the_rule() {
     let cases: [(Row, &str); 8] = [
         (Row::Elsewhere, "may load modules only from"),
