@@ -5,9 +5,12 @@
 //! - `vm-test [--kernel VERSION] [-- <libtest args>]`: vm-prepare, then
 //!   `cargo test -p vm --test vm`.
 //! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
+//! - `test`: rustfmt check, clippy, host tests, VM suite (what `.ci/run` calls).
+//! - `install [--destdir DIR]`: staprun 04110 root:stapusr, stapio 0755.
 #![forbid(unsafe_code)]
 
 mod cpio;
+mod install;
 mod prepare;
 
 use std::process::{Command, ExitCode};
@@ -45,6 +48,17 @@ enum Cmd {
         #[command(flatten)]
         opts: prepare::Options,
     },
+    /// Every test: rustfmt check, clippy -D warnings, host tests, then the VM suite.
+    Test {
+        #[command(flatten)]
+        opts: prepare::Options,
+    },
+    /// Install staprun (04110 root:stapusr) and stapio (0755) on this machine.
+    Install {
+        /// Stage under this directory instead of / (no group creation, ownership still set when root).
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
+    },
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -53,8 +67,7 @@ fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Resu
     let t0 = Instant::now();
     prepare::prepare(opts)?;
     let prep = t0.elapsed();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo();
     if nextest {
         cmd.args(["nextest", "run", "-p", "vm", "--test", "vm"]);
         if !test_args.is_empty() {
@@ -64,7 +77,6 @@ fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Resu
         cmd.args(["test", "-p", "vm", "--test", "vm", "--"])
             .args(test_args);
     }
-    cmd.current_dir(prepare::workspace_root());
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     eprintln!(
@@ -99,6 +111,65 @@ fn demo(opts: &prepare::Options) -> Result<()> {
     run.assert_passed()
 }
 
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(prepare::workspace_root());
+    c
+}
+
+/// Runs every stage (so one report shows everything), failing if any failed.
+fn test_all(opts: &prepare::Options) -> Result<()> {
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    let mut stage = |name: &str, f: &mut dyn FnMut() -> Result<()>| {
+        let t = Instant::now();
+        eprintln!("xtask: === {name} ===");
+        let r = f();
+        eprintln!(
+            "xtask: === {name}: {} ({:.1}s) ===",
+            if r.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(e) = r {
+            eprintln!("xtask: {name}: {e}");
+            failed.push(name.to_owned());
+        }
+    };
+    let run = |cmd: &mut Command| -> Result<()> {
+        let st = cmd
+            .status()
+            .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("{cmd:?} failed ({st})"))
+        }
+    };
+    stage("rustfmt", &mut || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+    });
+    stage("clippy", &mut || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    stage("host tests", &mut || {
+        run(cargo().args(["test", "--workspace", "--exclude", "vm"]))
+    });
+    stage("vm suite", &mut || vm_test(opts, false, &[]));
+    eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed stages: {}", failed.join(", ")))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.cmd {
@@ -109,6 +180,8 @@ fn main() -> ExitCode {
             test_args,
         } => vm_test(opts, *nextest, test_args),
         Cmd::Demo { opts } => demo(opts),
+        Cmd::Test { opts } => test_all(opts),
+        Cmd::Install { destdir } => install::install(destdir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
