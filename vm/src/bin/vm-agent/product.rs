@@ -733,15 +733,38 @@ fn ordering(r: &mut Reporter, module: &str, records: usize) {
             want.len() + 1
         ),
     );
-    let per_cpu_ok = per_cpu.len() == ncpu
-        && per_cpu
-            .values()
-            .all(|v| v.iter().copied().eq(0..u32::try_from(records).unwrap_or(0)));
+    let want_n: Vec<u32> = (0..u32::try_from(records).unwrap_or(0)).collect();
+    let per_cpu_detail: Vec<String> = per_cpu
+        .iter()
+        .map(|(c, v)| {
+            let bad = v.iter().zip(&want_n).position(|(a, b)| a != b);
+            format!("cpu{c}: {} lines, first mismatch at {bad:?}", v.len())
+        })
+        .collect();
+    let per_cpu_ok = per_cpu.len() == ncpu && per_cpu.values().all(|v| *v == want_n);
     r.check(
         &format!("{module}_per_cpu_complete_in_order"),
         per_cpu_ok,
-        format!("cpus {:?}", per_cpu.keys().collect::<Vec<_>>()),
+        per_cpu_detail.join("; "),
     );
+    if let Some(i) = first_bad {
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("cpu="))
+            .collect();
+        let from = i.saturating_sub(3);
+        let to = (i + 4).min(lines.len());
+        r.log(&format!(
+            "{module}: output around the first disorder (record lines {from}..{to}):"
+        ));
+        for l in &lines[from..to] {
+            r.log(&l[..l.len().min(40)]);
+        }
+    }
+    for l in out.stderr.lines().take(10) {
+        r.log(&format!("[{module} stderr] {l}"));
+    }
 }
 
 pub fn relay_ordering(r: &mut Reporter) {
