@@ -101,6 +101,7 @@ fn demo(opts: &prepare::Options) -> Result<()> {
         art.kver, art.accel
     );
     let run = vm::boot(&art, &spec)?;
+    eprintln!("xtask: console log: {}", run.console_log.display());
     println!(
         "--- guest transcript ({:.2}s) ---",
         run.elapsed.as_secs_f64()

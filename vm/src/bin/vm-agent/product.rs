@@ -150,8 +150,31 @@ fn runs_module(r: &mut Reporter, module: &str, prompt: bool) {
     );
 }
 
+/// `cargo xtask demo`: alice (stapusr) runs `staprun pmod`; the transcript is the point.
 pub fn demo(r: &mut Reporter) {
-    runs_module(r, "pmod", true);
+    if !product_installed(r) {
+        return;
+    }
+    publish("pmod");
+    r.log(&format!(
+        "alice is uid {} with groups {:?} (stapusr = {STAPUSR})",
+        ALICE.uid, ALICE.groups
+    ));
+    r.log(&format!(
+        "{} is mode 0{:o}",
+        blessed_dir().join("pmod.ko").display(),
+        util::stat(blessed_dir().join("pmod.ko")).map_or(0, |s| s.0)
+    ));
+    let out = staprun(&ALICE, &["pmod"]);
+    log_run(r, "alice$ staprun pmod", &out);
+    r.check("demo_exit_0", out.code == Some(0), out.summary());
+    r.check("demo_begin_output", out.stdout.contains(HELLO), HELLO);
+    r.check(
+        "demo_module_unloaded",
+        !util::is_loaded("pmod"),
+        "pmod not in /proc/modules",
+    );
+    force_unload("pmod");
 }
 
 pub fn alice_runs_pmod(r: &mut Reporter) {
