@@ -168,12 +168,47 @@ pub struct MergeStats {
     pub late: u64,
 }
 
+/// A record held by the merge, ordered by sequence then arrival.
+#[derive(Debug)]
+struct Held {
+    id: u64,
+    rec: Record,
+}
+
+impl Held {
+    fn key(&self) -> (u32, u64) {
+        (self.rec.sequence, self.id)
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 /// Serial-mode merge: a min-heap on sequence numbers that releases records
 /// in order, waits `gap_timeout` for a missing one, then skips the gap.
 #[derive(Debug)]
 pub struct Merger {
-    heap: BinaryHeap<Reverse<(u32, u64)>>,
-    store: std::collections::HashMap<u64, Record>,
+    /// Records held, ordered by (sequence, arrival): the records live in
+    /// the heap itself (no side table), which keeps the merge cheap for
+    /// small records.
+    heap: BinaryHeap<Reverse<Held>>,
     next_id: u64,
     /// The next sequence to deliver; `None` until the first delivery when
     /// attaching to a running module (its first record is not "lost").
@@ -188,7 +223,6 @@ impl Merger {
     pub fn new(from_start: bool, gap_timeout: Duration) -> Self {
         Merger {
             heap: BinaryHeap::new(),
-            store: std::collections::HashMap::new(),
             next_id: 0,
             expected: from_start.then_some(1),
             gap_since: None,
@@ -206,8 +240,7 @@ impl Merger {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.heap.push(Reverse((rec.sequence, id)));
-        self.store.insert(id, rec);
+        self.heap.push(Reverse(Held { id, rec }));
     }
 
     pub fn buffered(&self) -> usize {
@@ -215,15 +248,14 @@ impl Merger {
     }
 
     fn pop_min(&mut self) -> Option<Record> {
-        let Reverse((_, id)) = self.heap.pop()?;
-        self.store.remove(&id)
+        self.heap.pop().map(|Reverse(h)| h.rec)
     }
 
     /// Release what is in order now; after `gap_timeout` without the
     /// missing sequence, skip to the lowest one held.
     pub fn ready(&mut self, now: Instant, out: &mut Vec<Record>) {
         loop {
-            let Some(&Reverse((min, _))) = self.heap.peek() else {
+            let Some(min) = self.heap.peek().map(|Reverse(h)| h.rec.sequence) else {
                 self.gap_since = None;
                 return;
             };

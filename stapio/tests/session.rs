@@ -161,6 +161,7 @@ fn attach_reads_the_buffered_output_sends_no_start_and_exits_on_signal() {
     let unloader = sim_unloader(&k);
     let result = std::thread::scope(|sc| {
         let h = sc.spawn(|| session.run(&unloader));
+        let _guard = EndOnPanic(&signals);
         let want = format!(
             "hello from begin\nsecond begin line\n{}",
             record_lines(2, 50, 64)
@@ -203,6 +204,7 @@ fn sigquit_detaches_without_exit() {
     let unloader = sim_unloader(&k);
     let result = std::thread::scope(|sc| {
         let h = sc.spawn(|| session.run(&unloader));
+        let _guard = EndOnPanic(&signals);
         wait_until("begin output", Duration::from_secs(10), || {
             out.text().starts_with("hello from begin\n")
         });
@@ -570,6 +572,7 @@ fn sigusr2_switches_to_the_next_file() {
     let f2 = d.join("out.2");
     let result = std::thread::scope(|sc| {
         let h = sc.spawn(|| session.run(&unloader));
+        let _guard = EndOnPanic(&signals);
         wait_until("begin in out", Duration::from_secs(10), || {
             read(&f) == "hello from begin\nsecond begin line\n"
         });
@@ -636,9 +639,13 @@ fn target_command_is_held_until_the_probes_start() {
 
 #[test]
 fn a_failing_target_command_makes_the_exit_status_1() {
-    let mut s = Script::default();
-    s.exit_after_output = false;
-    let k = loaded(1, s);
+    let k = loaded(
+        1,
+        Script {
+            exit_after_output: false,
+            ..Script::default()
+        },
+    );
     let mut cfg = config();
     cfg.target_cmd = Some("exit 3".into());
     let ran = run(&k, cfg);

@@ -197,3 +197,16 @@ impl Control for BulkControl {
         self.0.wait(timeout)
     }
 }
+
+/// In a scoped test that runs a session on another thread: if the test
+/// thread panics (a failed wait), detach the session so the scope can end
+/// and the failure is reported instead of hanging.
+pub struct EndOnPanic<'a>(pub &'a Signals);
+
+impl Drop for EndOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.detach();
+        }
+    }
+}
