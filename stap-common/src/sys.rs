@@ -513,7 +513,14 @@ pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<std::ffi::OsS
     let c = cstring(name)?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: valid C string, live fd, writable buffer of that length.
-    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -693,7 +700,11 @@ impl<'a> Prepared<'a> {
         // SAFETY: NULL-terminated arrays of C strings owned by `spec`,
         // which outlives this call (the child never returns).
         unsafe {
-            libc::execve(self.spec.path.as_ptr(), self.argv.as_ptr(), self.env.as_ptr());
+            libc::execve(
+                self.spec.path.as_ptr(),
+                self.argv.as_ptr(),
+                self.env.as_ptr(),
+            );
         }
         let msg = &self.spec.failure;
         // SAFETY: write(2) of a live buffer, then _exit(2); both
@@ -715,7 +726,7 @@ fn close_from_3_in_child() {
 /// is written to (one byte) — SystemTap's `-c` hold until the probes have
 /// started. If the descriptor is closed without a write, the child exits
 /// with status 1 without running anything. The child closes descriptors
-/// from 3 up before `exec`.
+/// from 3 up (but the gate) before waiting, and the gate before `exec`.
 pub fn spawn_held(spec: &ExecSpec) -> io::Result<(i32, OwnedFd)> {
     let prepared = Prepared::new(spec);
     let mut fds = [0 as libc::c_int; 2];
@@ -728,6 +739,17 @@ pub fn spawn_held(spec: &ExecSpec) -> io::Result<(i32, OwnedFd)> {
     // prepared before the fork, so it is sound in a multithreaded parent.
     let pid = cerr(unsafe { libc::fork() })?;
     if pid == 0 {
+        // Hold nothing but the gate while waiting, so no other process's
+        // pipe stays open because of us.
+        let keep = rd.as_raw_fd() as libc::c_uint;
+        // SAFETY: close_range(2) on this (child) process's descriptors,
+        // around the one we keep.
+        unsafe {
+            if keep > 3 {
+                libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        }
         let mut b = [0u8; 1];
         loop {
             // SAFETY: read(2) into a one-byte stack buffer.
