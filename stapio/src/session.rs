@@ -661,7 +661,9 @@ impl<'k> Session<'k> {
             ));
             return Ok(Outcome::Detached);
         }
-        // A -c command still held never runs.
+        // Reap the -c command if it has ended; one never released is
+        // killed when the session is dropped (it never runs), one still
+        // running is left alone, as the C stapio does.
         if let Some(t) = self.target.as_mut()
             && !t.exited()
         {
