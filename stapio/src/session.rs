@@ -235,7 +235,7 @@ enum Ending {
 pub struct Session<'k> {
     cfg: Config,
     kernel: &'k dyn KernelOps,
-    dir: Box<dyn ModuleDir>,
+    dir: Option<Box<dyn ModuleDir>>,
     control: Option<Box<dyn Control>>,
     generation: Generation,
     state: State,
@@ -298,7 +298,7 @@ impl<'k> Session<'k> {
         Ok(Session {
             cfg,
             kernel,
-            dir,
+            dir: Some(dir),
             control: Some(control),
             generation,
             state: State::AwaitTransport,
@@ -598,8 +598,9 @@ impl<'k> Session<'k> {
         };
         let ncpus = self.kernel.possible_cpus().max(1);
         let mut relays: Vec<(usize, Box<dyn Relay>)> = Vec::new();
+        let dir = self.dir.as_ref().ok_or(Error::ControlEof)?;
         for cpu in 0..ncpus {
-            match self.dir.open_relay(cpu) {
+            match dir.open_relay(cpu) {
                 Ok(Some(r)) => relays.push((cpu, r)),
                 Ok(None) => {}
                 Err(source) => return Err(Error::RelayOpen { cpu, source }),
@@ -652,8 +653,10 @@ impl<'k> Session<'k> {
                 &format!("{} records, {} bytes", stats.records, stats.bytes),
             );
         }
-        // Close .cmd: the module may now be unloaded (or attached again).
+        // Close .cmd and the directory: the module may now be unloaded (or
+        // attached again).
         self.control = None;
+        self.dir = None;
         if ending == Ending::Detach {
             self.diag.raw(&format!(
                 "\nDisconnecting from systemtap module.\nTo reconnect, type \"staprun -A {}\"\n",
@@ -703,4 +706,80 @@ fn detect_generation(control: &mut dyn Control, module: &ModName) -> Result<Gene
     Err(Error::UnknownGeneration {
         module: module.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use stap_common::cli::{self, Program};
+
+    use super::*;
+
+    #[test]
+    fn unload_runs_staprun_d_with_verbosity_and_colour() {
+        let m = ModName::new("-odd").unwrap();
+        let u = StaprunUnloader::new(3, ColorMode::Never);
+        assert_eq!(u.args(&m), ["-v", "-v", "-d", "-C", "never", "--", "-odd"]);
+        let u = StaprunUnloader::new(0, ColorMode::Always);
+        assert_eq!(u.args(&m), ["-d", "-C", "always", "--", "-odd"]);
+    }
+
+    /// staprun hands its own options to stapio with `Options::to_args`
+    /// plus `-F fd`; stapio must read back the same settings.
+    #[test]
+    fn the_argv_staprun_builds_configures_stapio() {
+        let given: Vec<OsString> = [
+            "-vv",
+            "-w",
+            "-c",
+            "ls -l",
+            "-o",
+            "out%Y",
+            "-S",
+            "2,3",
+            "-T",
+            "50",
+            "-C",
+            "never",
+            "./pmod.ko",
+            "x=1",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let sr = cli::parse(Program::Staprun, &given).unwrap();
+        let handed: Vec<OsString> = sr
+            .to_args("pmod", Some(7))
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let io = cli::parse(Program::Stapio, &handed).unwrap();
+        assert_eq!(io.relay_fd, Some(7));
+        let name = cli::resolve_module(&io.module, Path::new("/"))
+            .unwrap()
+            .name;
+        let c = Config::from_options(&io, name, Path::new("/home/u"));
+        assert_eq!(c.module.as_str(), "pmod");
+        assert_eq!(c.verbose, 2);
+        assert!(c.suppress_warnings);
+        assert_eq!(c.target_cmd.as_deref(), Some("ls -l"));
+        assert_eq!(c.naming.pattern.as_deref(), Some("/home/u/out%Y"));
+        assert_eq!(
+            c.naming.rotation,
+            Some(stap_common::cli::Rotation {
+                bytes: 2 << 20,
+                keep: 3
+            })
+        );
+        assert_eq!(c.reader_timeout, Duration::from_millis(50));
+        assert!(!c.attach && !c.load_only);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Outcome::Finished { failed: false }.exit_code(), 0);
+        assert_eq!(Outcome::Finished { failed: true }.exit_code(), 1);
+        assert_eq!(Outcome::Detached.exit_code(), 0);
+    }
 }
