@@ -30,6 +30,7 @@ const MERGE_TICK: Duration = Duration::from_millis(50);
 const RUN: u8 = 0;
 const DRAIN: u8 = 1;
 const KILL: u8 = 2;
+const DETACH: u8 = 3;
 
 /// How the pump is set up.
 #[derive(Debug, Clone)]
@@ -78,6 +79,10 @@ impl PumpStats {
 pub enum Close {
     /// Read what is left, then stop (the normal end).
     Drain,
+    /// Detaching from a module that keeps running: read what is there
+    /// now for at most twice the poll timeout, then stop; the rest stays in
+    /// the module's buffers for the next `-A`.
+    Detach,
     /// Stop now (a third interrupt).
     Kill,
 }
@@ -212,6 +217,7 @@ impl Pump {
         let mut first_err = None;
         match how {
             Close::Drain => self.stop.store(DRAIN, Ordering::SeqCst),
+            Close::Detach => self.stop.store(DETACH, Ordering::SeqCst),
             Close::Kill => {
                 // Do not wait for threads that may be stuck in a write.
                 self.stop.store(KILL, Ordering::SeqCst);
@@ -268,9 +274,18 @@ fn reader_thread(
     let mut end = ReaderEnd::default();
     // Once draining: stop after an empty read followed by an empty wait.
     let mut idle_while_draining = false;
+    let mut detach_since: Option<std::time::Instant> = None;
     loop {
         let state = stop.load(Ordering::SeqCst);
         if state == KILL {
+            break;
+        }
+        if state == DETACH
+            && detach_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                > timeout * 2
+        {
             break;
         }
         if let Sink::Bulk(out) = &mut sink {
@@ -285,6 +300,9 @@ fn reader_thread(
         if n == 0 {
             if let Sink::Bulk(out) = &mut sink {
                 out.flush()?;
+            }
+            if state == DETACH {
+                break;
             }
             if state == DRAIN {
                 if idle_while_draining {

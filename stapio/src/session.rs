@@ -636,10 +636,10 @@ impl<'k> Session<'k> {
 
     fn teardown(mut self, ending: Ending, unloader: &dyn Unloader) -> Result<Outcome, Error> {
         if let Some(pump) = self.pump.take() {
-            let how = if ending == Ending::Abort {
-                Close::Kill
-            } else {
-                Close::Drain
+            let how = match ending {
+                Ending::Abort => Close::Kill,
+                Ending::Detach => Close::Detach,
+                _ => Close::Drain,
             };
             let (stats, err) = pump.close(how);
             if let Some(w) = stats.loss_warning() {

@@ -58,7 +58,21 @@ impl Reporter {
         if !ok {
             self.failures += 1;
         }
-        let detail = detail.as_ref().replace('\n', "\\n");
+        let mut detail = detail.as_ref().replace('\n', "\\n");
+        // Keep the report readable: a failing check shows its beginning
+        // and its end (the full output is in the console log).
+        if detail.len() > 1500 {
+            let head: String = detail.chars().take(700).collect();
+            let tail: String = detail
+                .chars()
+                .rev()
+                .take(700)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            detail = format!("{head} ...[{} bytes]... {tail}", detail.len());
+        }
         self.line(&format!(
             "CHECK {} {name} :: {detail}",
             if ok { "PASS" } else { "FAIL" }
