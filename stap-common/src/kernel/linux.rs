@@ -100,6 +100,14 @@ impl KernelOps for LinuxKernel {
     }
 
     fn relocations(&self) -> Vec<Relocation> {
+        // With kptr_restrict=0, /sys/module/*/sections/* show unusable
+        // addresses even to root; 1 shows real ones to root only. As the C
+        // staprun does (BZ1552745), raise 0 to 1; never lower it. This runs
+        // only after a permitted load.
+        const KPTR: &str = "/proc/sys/kernel/kptr_restrict";
+        if std::fs::read_to_string(KPTR).is_ok_and(|v| v.trim() == "0") {
+            let _ = std::fs::write(KPTR, "1");
+        }
         let mut out = Vec::new();
         if let Ok(ks) = std::fs::read_to_string("/proc/kallsyms") {
             for want in KERNEL_SYMBOLS {
