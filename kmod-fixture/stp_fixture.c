@@ -9,8 +9,11 @@
  * documented behaviour of runtime/transport/{transport,control,procfs,
  * relay_v2}.c; it only exists to test staprun/stapio.
  *
- *   /proc/systemtap/<KBUILD_MODNAME>/.cmd       0600, owner = loader's real uid/gid
- *   /proc/systemtap/<KBUILD_MODNAME>/traceN     0400, one relay buffer per CPU
+ *   /proc/systemtap/<module name>/.cmd       0600, owner = loader's real uid/gid
+ *   /proc/systemtap/<module name>/traceN     0400, one relay buffer per CPU
+ *
+ * The module name is the loaded one (THIS_MODULE->name), so a module
+ * renamed in memory by `staprun -R` gets its own directory.
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
@@ -116,6 +119,15 @@ MODULE_PARM_DESC(exit_after_ms, "with run_ms: request exit after this many ms");
 static int _stp_bufsize;
 module_param(_stp_bufsize, int, 0);
 MODULE_PARM_DESC(_stp_bufsize, "buffer size");
+static int begin_ms;
+module_param(begin_ms, int, 0444);
+MODULE_PARM_DESC(begin_ms, "the begin probes take this many ms (STP_START is answered after them)");
+static int bulk;
+module_param(bulk, int, 0444);
+MODULE_PARM_DESC(bulk, "accept STP_BULK (a bulk-mode module: stapio writes per-CPU files)");
+static int started;
+module_param(started, int, 0444);
+MODULE_PARM_DESC(started, "read-only status: 1 once the begin probes have run (reset at load)");
 
 /* ---- state ------------------------------------------------------------ */
 
@@ -323,7 +335,7 @@ static struct dentry *create_buf_file_cb(const char *filename,
 		return NULL;
 	proc_set_user(pde, KUIDT_INIT(stp_uid), KGIDT_INIT(stp_gid));
 	snprintf(fullpath, sizeof(fullpath), "/proc/systemtap/%s/%s",
-		 KBUILD_MODNAME, filename);
+		 THIS_MODULE->name, filename);
 	for_each_possible_cpu(i)
 		if (!relay_files[i].pde)
 			break;
@@ -395,12 +407,20 @@ static void tick_fn(struct work_struct *w)
 	queue_delayed_work(wq, &tick_work, msecs_to_jiffies(run_ms));
 }
 
-/* systemtap_module_init(): begin probes.  Returns the begin result. */
-static int probes_begin(void)
+/*
+ * systemtap_module_init(): begin probes.  Returns the begin result.
+ * `target` is the STP_START target pid (-x PID, or the -c command); like
+ * target() in a script, it is printed when set.
+ */
+static int probes_begin(int target)
 {
 	int cpu, i;
 
+	if (begin_ms > 0)
+		msleep(begin_ms);
 	stp_printf("pmod: hello from begin\n");
+	if (target)
+		stp_printf("pmod: target=%d\n", target);
 	for (i = 0; i < oob_warn; i++)
 		ctl_send_str(STP_OOB_DATA, "WARNING: pmod warning\n");
 	for (i = 0; i < oob_error; i++)
@@ -439,9 +459,11 @@ static void handle_start(struct stp_msg_start *st)
 	if (atomic_cmpxchg(&transport_state, TS_UNINITIALIZED, TS_START_CALLED)
 	    != TS_UNINITIALIZED)
 		return;
-	st->res = probes_begin();
-	if (st->res == 0)
+	st->res = probes_begin(st->target);
+	if (st->res == 0) {
 		probes_started = 1;
+		WRITE_ONCE(started, 1);
+	}
 	ctl_send(STP_START, st, sizeof(*st));
 	atomic_set(&transport_state, TS_START_FINISHED);
 }
@@ -512,9 +534,12 @@ static ssize_t cmd_write(struct file *file, const char __user *buf,
 	case STP_EXIT:
 		cleanup_and_exit(1);
 		break;
-	case STP_BULK:		/* not a bulk-mode module */
-		rc = -EINVAL;
-		goto out;
+	case STP_BULK:		/* rc 0 only for a bulk-mode module */
+		if (!bulk) {
+			rc = -EINVAL;
+			goto out;
+		}
+		break;
 	case STP_RELOCATION:
 		privileged = 1;
 		break;
@@ -691,11 +716,13 @@ static void free_queue(void)
 
 static int __init stp_fixture_init(void)
 {
+	char dirpath[sizeof("/proc/systemtap/") + MODULE_NAME_LEN];
 	struct path p;
 	int cpu, rc;
 
 	if (init_errno > 0)
 		return -init_errno;
+	started = 0;
 
 	stp_uid = from_kuid_munged(current_user_ns(), current_uid());
 	stp_gid = from_kgid_munged(current_user_ns(), current_gid());
@@ -735,13 +762,15 @@ static int __init stp_fixture_init(void)
 		path_put(&p);
 	else
 		proc_mkdir("systemtap", NULL);
-	mod_dir = proc_mkdir("systemtap/" KBUILD_MODNAME, NULL);
+	/* THIS_MODULE->name, not KBUILD_MODNAME: staprun -R renames the module */
+	snprintf(dirpath, sizeof(dirpath), "/proc/systemtap/%s", THIS_MODULE->name);
+	mod_dir = proc_mkdir(dirpath + sizeof("/proc/") - 1, NULL);
 	if (!mod_dir) {
-		pr_err("%s: cannot create /proc/systemtap/%s\n", KBUILD_MODNAME, KBUILD_MODNAME);
+		pr_err("%s: cannot create %s\n", THIS_MODULE->name, dirpath);
 		rc = -EINVAL;
 		goto err;
 	}
-	rc = kern_path("/proc/systemtap/" KBUILD_MODNAME, 0, &mod_dir_path);
+	rc = kern_path(dirpath, 0, &mod_dir_path);
 	if (rc)
 		goto err;
 	have_mod_dir_path = 1;

@@ -23,6 +23,13 @@ const SCENARIOS: &[&str] = &[
     "privilege_drop",
     "env_attacks",
     "relay_ordering",
+    "output_options",
+    "target_options",
+    "rename_concurrent",
+    "bulk_mode",
+    "overrun",
+    "system_and_oob",
+    "init_failure",
 ];
 
 fn run(name: &'static str) -> Result<(), Failed> {
