@@ -18,6 +18,8 @@ pub enum ElfError {
     Truncated,
     #[error("section {0} not found")]
     NoSection(&'static str),
+    #[error("the module name in .gnu.linkonce.this_module is not plain text")]
+    BadName,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {
@@ -103,7 +105,13 @@ pub fn module_name(image: &[u8]) -> Result<(usize, String), ElfError> {
     let at = off + THIS_MODULE_NAME_OFFSET;
     let field = &image[at..at + THIS_MODULE_NAME_LEN];
     let end = field.iter().position(|&c| c == 0).unwrap_or(field.len());
-    Ok((at, String::from_utf8_lossy(&field[..end]).into_owned()))
+    // No lossy repair: a replaced byte would make the name longer than
+    // the field it must be written back into (`-R`).
+    let name = std::str::from_utf8(&field[..end]).map_err(|_| ElfError::BadName)?;
+    if !name.is_ascii() {
+        return Err(ElfError::BadName);
+    }
+    Ok((at, name.to_string()))
 }
 
 /// The privilege a module says it needs (`.stap_privilege`, an `int`).
@@ -190,6 +198,17 @@ mod tests {
         assert_eq!(&img[at..at + 4], b"pmod");
         assert_eq!(required_privilege(&img), Some(2));
         assert_eq!(required_privilege(&build_test_module("x", &[])), None);
+    }
+
+    #[test]
+    fn non_ascii_names_are_refused() {
+        let mut img = build_test_module("pmod", &[]);
+        let (at, _) = module_name(&img).unwrap();
+        img[at] = 0xff;
+        assert_eq!(module_name(&img), Err(ElfError::BadName));
+        img[at] = 0xc3;
+        img[at + 1] = 0xa9;
+        assert_eq!(module_name(&img), Err(ElfError::BadName));
     }
 
     #[test]

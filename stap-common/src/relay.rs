@@ -171,13 +171,15 @@ pub struct MergeStats {
 /// A record held by the merge, ordered by sequence then arrival.
 #[derive(Debug)]
 struct Held {
+    /// The sequence number, unwrapped to 64 bits (see [`Merger::unwrap`]).
+    seq: u64,
     id: u64,
     rec: Record,
 }
 
 impl Held {
-    fn key(&self) -> (u32, u64) {
-        (self.rec.sequence, self.id)
+    fn key(&self) -> (u64, u64) {
+        (self.seq, self.id)
     }
 }
 
@@ -210,9 +212,13 @@ pub struct Merger {
     /// small records.
     heap: BinaryHeap<Reverse<Held>>,
     next_id: u64,
-    /// The next sequence to deliver; `None` until the first delivery when
-    /// attaching to a running module (its first record is not "lost").
-    expected: Option<u32>,
+    /// The next sequence to deliver (unwrapped); `None` until the first
+    /// delivery when attaching to a running module (its first record is
+    /// not "lost").
+    expected: Option<u64>,
+    /// The last unwrapped sequence seen, the reference for unwrapping
+    /// before anything was delivered.
+    last_seen: Option<u64>,
     gap_since: Option<Instant>,
     gap_timeout: Duration,
     pub stats: MergeStats,
@@ -225,37 +231,58 @@ impl Merger {
             heap: BinaryHeap::new(),
             next_id: 0,
             expected: from_start.then_some(1),
+            last_seen: None,
             gap_since: None,
             gap_timeout,
             stats: MergeStats::default(),
         }
     }
 
+    /// The module's sequence numbers are 32 bits and wrap after 2^32
+    /// records: place `seq` in the 64-bit number line nearest to where the
+    /// stream is now, so ordering survives the wrap.
+    fn unwrap(&self, seq: u32) -> u64 {
+        const SPAN: u64 = 1 << 32;
+        let Some(r) = self.expected.or(self.last_seen) else {
+            return u64::from(seq);
+        };
+        let c = (r & !(SPAN - 1)) | u64::from(seq);
+        if c + SPAN / 2 < r {
+            c + SPAN
+        } else if c > r + SPAN / 2 && c >= SPAN {
+            c - SPAN
+        } else {
+            c
+        }
+    }
+
     pub fn push(&mut self, rec: Record) {
+        let seq = self.unwrap(rec.sequence);
         if let Some(e) = self.expected
-            && rec.sequence < e
+            && seq < e
         {
             self.stats.late += 1;
             return;
         }
+        self.last_seen = Some(seq);
         let id = self.next_id;
         self.next_id += 1;
-        self.heap.push(Reverse(Held { id, rec }));
+        self.heap.push(Reverse(Held { seq, id, rec }));
     }
 
     pub fn buffered(&self) -> usize {
         self.heap.len()
     }
 
-    fn pop_min(&mut self) -> Option<Record> {
-        self.heap.pop().map(|Reverse(h)| h.rec)
+    fn pop_min(&mut self) -> Option<(u64, Record)> {
+        self.heap.pop().map(|Reverse(h)| (h.seq, h.rec))
     }
 
     /// Release what is in order now; after `gap_timeout` without the
     /// missing sequence, skip to the lowest one held.
     pub fn ready(&mut self, now: Instant, out: &mut Vec<Record>) {
         loop {
-            let Some(min) = self.heap.peek().map(|Reverse(h)| h.rec.sequence) else {
+            let Some(min) = self.heap.peek().map(|Reverse(h)| h.seq) else {
                 self.gap_since = None;
                 return;
             };
@@ -280,10 +307,10 @@ impl Merger {
                 if now.duration_since(since) < self.gap_timeout {
                     return;
                 }
-                self.stats.lost += u64::from(min - expected);
+                self.stats.lost += min - expected;
             }
-            let rec = self.pop_min().expect("peeked");
-            self.expected = Some(rec.sequence.wrapping_add(1));
+            let (seq, rec) = self.pop_min().expect("peeked");
+            self.expected = Some(seq + 1);
             self.gap_since = None;
             self.stats.delivered += 1;
             out.push(rec);
@@ -292,16 +319,16 @@ impl Merger {
 
     /// At the end: everything held, in order, gaps counted as lost.
     pub fn finish(&mut self, out: &mut Vec<Record>) {
-        while let Some(rec) = self.pop_min() {
+        while let Some((seq, rec)) = self.pop_min() {
             match self.expected {
-                Some(e) if rec.sequence < e => {
+                Some(e) if seq < e => {
                     self.stats.late += 1;
                     continue;
                 }
-                Some(e) => self.stats.lost += u64::from(rec.sequence - e),
+                Some(e) => self.stats.lost += seq - e,
                 None => {}
             }
-            self.expected = Some(rec.sequence.wrapping_add(1));
+            self.expected = Some(seq + 1);
             self.stats.delivered += 1;
             out.push(rec);
         }
@@ -429,6 +456,21 @@ mod tests {
             vec![100, 101]
         );
         assert_eq!(m.stats.lost, 0);
+    }
+
+    #[test]
+    fn merger_survives_the_32_bit_wrap() {
+        let t0 = Instant::now();
+        let mut m = Merger::new(false, Duration::from_millis(0));
+        let mut out = Vec::new();
+        for s in [u32::MAX - 1, 1, u32::MAX, 0, 2] {
+            m.push(rec(s));
+        }
+        m.ready(t0, &mut out);
+        m.finish(&mut out);
+        let seqs: Vec<u32> = out.iter().map(|r| r.sequence).collect();
+        assert_eq!(seqs, vec![u32::MAX - 1, u32::MAX, 0, 1, 2]);
+        assert_eq!((m.stats.lost, m.stats.late), (0, 0));
     }
 
     #[test]

@@ -109,7 +109,16 @@ pub fn rename_image(
         return Ok(None);
     }
     let new = format!("{}{}", &old[..old.len() - suffix.len()], suffix);
-    image[at..at + new.len()].copy_from_slice(new.as_bytes());
+    // `module_name` guarantees an ASCII name that fits its field; the new
+    // name has the same length.
+    let field = image
+        .get_mut(at..at + new.len())
+        .filter(|_| new.len() < elf::THIS_MODULE_NAME_LEN)
+        .ok_or_else(|| StaprunError::NotAModule {
+            path: path.to_path_buf(),
+            detail: "module name field out of bounds".into(),
+        })?;
+    field.copy_from_slice(new.as_bytes());
     Ok(Some(new))
 }
 
