@@ -831,3 +831,41 @@ pub fn redirect_to_dev_null(fds: &[RawFd]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Send one line to syslog (facility AUTHPRIV, ident "staprun"), with a
+/// constant format so the text is never interpreted.
+pub fn syslog_authpriv(priority: libc::c_int, line: &str) {
+    static IDENT: &CStr = c"staprun";
+    let Ok(msg) = CString::new(line.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: IDENT is a static C string (openlog keeps the pointer);
+    // the format is a constant "%s" and `msg` a valid C string.
+    unsafe {
+        libc::openlog(
+            IDENT.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            libc::LOG_AUTHPRIV,
+        );
+        libc::syslog(priority, c"%s".as_ptr(), msg.as_ptr());
+    }
+}
+
+/// The user name of `uid`, if the password database has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are to live locals of the documented sizes.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+    if r != 0 || res.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points to a NUL-terminated string inside `buf`.
+    Some(
+        unsafe { CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}

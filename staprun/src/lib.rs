@@ -4,6 +4,7 @@
 //!
 //! The only place that prints is `main.rs`.
 
+pub mod audit;
 pub mod creds;
 pub mod env;
 pub mod error;

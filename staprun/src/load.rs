@@ -27,6 +27,8 @@ pub struct Loaded {
     /// The rule that allowed the load (for the audit line).
     pub rule: Rule,
     pub path: PathBuf,
+    /// SHA-256 (hex) of the bytes given to `init_module`.
+    pub sha256: String,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -203,6 +205,7 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
             module: name.to_string(),
         });
     }
+    let sha256 = crate::audit::sha256_hex(&image);
     if let Err(e) = ctx.kernel.init_module(&image, &params) {
         let exists = e.raw_os_error() == Some(libc::EEXIST);
         return Err(StaprunError::Insert {
@@ -220,6 +223,7 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
             dir,
             rule,
             path,
+            sha256,
         }),
         Ok(_) => {
             let _ = ctx.kernel.delete_module(name.as_str());

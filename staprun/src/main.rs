@@ -15,7 +15,7 @@ use stap_common::sys;
 
 use staprun::creds::{StapGroups, classify};
 use staprun::facts::SystemGroups;
-use staprun::{Context, StaprunError, blessed_dir_for, env, load, unload};
+use staprun::{Context, StaprunError, audit, blessed_dir_for, env, load, unload};
 
 /// stapio's path, fixed at build time (`STAPIO_PATH`); never from the
 /// environment at run time.
@@ -118,8 +118,13 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
         warn: &warn,
     };
 
+    let uname = sys::user_name(ids.ruid);
+    let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
     if opts.delete {
-        unload::unload(&ctx, module_name.as_ref().map_or("*", ModName::as_str))?;
+        let gone = unload::unload(&ctx, module_name.as_ref().map_or("*", ModName::as_str))?;
+        for m in gone {
+            sys::syslog_authpriv(libc::LOG_NOTICE, &audit::unload_line(&who, &m));
+        }
         return Ok(0);
     }
     let stapio = check_stapio(Path::new(STAPIO_PATH))?;
@@ -128,7 +133,24 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
         let dir = load::attach(&ctx, &name)?;
         (name, dir)
     } else {
-        let loaded = load::load(&ctx, &opts)?;
+        let loaded = match load::load(&ctx, &opts) {
+            Ok(l) => l,
+            Err(e) => {
+                if let StaprunError::Denied { path, reason } = &e {
+                    let line = audit::deny_line(&who, &path.display().to_string(), reason);
+                    sys::syslog_authpriv(libc::LOG_WARNING, &line);
+                }
+                return Err(e);
+            }
+        };
+        let line = audit::load_line(
+            &who,
+            loaded.name.as_str(),
+            &loaded.path,
+            &loaded.sha256,
+            &format!("{:?}", loaded.rule),
+        );
+        sys::syslog_authpriv(libc::LOG_NOTICE, &line);
         (loaded.name, loaded.dir)
     };
     let err = hand_over(&ctx, &opts, &name, dir.as_ref(), &stapio, captured, ids);

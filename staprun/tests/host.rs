@@ -428,6 +428,9 @@ fn setup_messages_in_order_with_the_right_generation() {
             )
             .unwrap();
         assert_eq!(loaded.generation, g);
+        // The audit hash is of the bytes loaded (here: the file unchanged).
+        let bytes = fs::read(tree.blessed().join("pmod.ko")).unwrap();
+        assert_eq!(loaded.sha256, staprun::audit::sha256_hex(&bytes));
         let reqs = run.kernel.requests("pmod");
         assert!(
             matches!(reqs[0], Request::PrivilegeCredentials { mask: 0xe }),
@@ -483,6 +486,9 @@ fn second_load_gives_rename_guidance_and_r_renames() {
         .load(&tree, Class::Stapusr, ALICE, &["-R", "pmod_long_name"])
         .unwrap();
     assert_eq!(l.name.as_str(), "pmod_long_4242");
+    // Renamed in memory: the loaded bytes differ from the file's.
+    let file = fs::read(tree.blessed().join("pmod_long_name.ko")).unwrap();
+    assert_ne!(l.sha256, staprun::audit::sha256_hex(&file));
     assert!(run.kernel.is_loaded("pmod_long_4242") && run.kernel.is_loaded("pmod_long_name"));
     // A name too short to rename: warning, loaded under its own name.
     tree.module(&tree.blessed(), "ab", 0o644, 0, 0);

@@ -1072,18 +1072,31 @@ pub fn output_options(r: &mut Reporter) {
     }
 
     // -D -o F: prints the daemon's pid and returns; the run goes on and ends.
+    // F is relative: it names a file in the caller's directory, not in the
+    // daemon's (/).
     let dir = user_dir("/tmp/daemon", &ALICE);
     let f = format!("{dir}/F");
     let t0 = std::time::Instant::now();
-    let out = staprun(
+    let mut cmd = command_as(
         &ALICE,
-        &["-D", "-o", &f, "pmod", "run_ms=100", "exit_after_ms=2000"],
+        &[
+            STAPRUN,
+            "-D",
+            "-o",
+            "F",
+            "pmod",
+            "run_ms=100",
+            "exit_after_ms=2000",
+        ],
+        &[],
     );
+    cmd.current_dir(&dir);
+    let out = run(cmd, RUN);
     let returned = t0.elapsed();
     let still_loaded = util::is_loaded("pmod");
     log_run(
         r,
-        &format!("alice$ staprun -D -o {f} pmod run_ms=100 exit_after_ms=2000"),
+        &format!("alice:{dir}$ staprun -D -o F pmod run_ms=100 exit_after_ms=2000"),
         &out,
     );
     let pid = out.stdout.trim().parse::<u32>().ok();
