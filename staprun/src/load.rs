@@ -125,14 +125,28 @@ pub fn rename_image(
 }
 
 /// The parameter string for `init_module`.
+///
+/// The kernel splits this string at white space (honouring double quotes),
+/// so a value is quoted when it has white space, and a value with a double
+/// quote or a control character is refused: one argument can never become
+/// two parameters (for example `a=1 _stp_bufsize=4095`).
 pub fn module_params(opts: &Options) -> Result<String, StaprunError> {
     let mut params: Vec<String> = Vec::new();
     for o in &opts.module_options {
-        let name = o.split('=').next().unwrap_or("");
+        let (name, value) = o.split_once('=').unwrap_or((o.as_str(), ""));
         if name.starts_with("_stp_") {
             return Err(StaprunError::ReservedOption(name.to_string()));
         }
-        params.push(o.clone());
+        if value.contains('"') || value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(StaprunError::Usage(
+                stap_common::cli::CliError::BadModuleOption(o.clone()),
+            ));
+        }
+        if value.chars().any(char::is_whitespace) {
+            params.push(format!("{name}=\"{value}\""));
+        } else {
+            params.push(o.clone());
+        }
     }
     if let Some(b) = opts.buffer_size_mb {
         params.push(format!("_stp_bufsize={b}"));
