@@ -7,8 +7,12 @@
 //! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
 //! - `test`: rustfmt check, clippy, host tests, VM suite (what `.ci/run` calls).
 //! - `install [--destdir DIR]`: staprun 04110 root:stapusr, stapio 0755.
+//! - `compat-prepare`: vm-prepare, real SystemTap modules, the C staprun/stapio, compat initramfs.
+//! - `compat-test [-- <libtest args>]`: compat-prepare, then `cargo test -p vm --test compat`
+//!   (`STAPRUN_UNDER_TEST=ours|theirs|both` selects the implementations).
 #![forbid(unsafe_code)]
 
+mod compat;
 mod cpio;
 mod install;
 mod prepare;
@@ -53,6 +57,16 @@ enum Cmd {
         #[command(flatten)]
         opts: prepare::Options,
     },
+    /// vm-prepare, then real SystemTap modules (stap -p4), the C staprun/stapio and the compat initramfs.
+    CompatPrepare(compat::Options),
+    /// compat-prepare, then the side-by-side suite (`cargo test -p vm --test compat`).
+    CompatTest {
+        #[command(flatten)]
+        opts: compat::Options,
+        /// Arguments passed to the test binary (libtest syntax: filters, --list, --test-threads N ...).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
     /// Install staprun (04110 root:stapusr) and stapio (0755) on this machine.
     Install {
         /// Stage under this directory instead of / (no group creation, ownership still set when root).
@@ -89,6 +103,28 @@ fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Resu
         Ok(())
     } else {
         Err(format!("guest tests failed ({status})"))
+    }
+}
+
+fn compat_test(opts: &compat::Options, test_args: &[String]) -> Result<()> {
+    let t0 = Instant::now();
+    compat::prepare(opts)?;
+    let prep = t0.elapsed();
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "vm", "--test", "compat", "--"])
+        .args(test_args);
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    eprintln!(
+        "xtask: compat-test wall time {:.1}s (prepare {:.1}s, tests {:.1}s)",
+        t0.elapsed().as_secs_f64(),
+        prep.as_secs_f64(),
+        (t0.elapsed() - prep).as_secs_f64()
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("compat tests failed ({status})"))
     }
 }
 
@@ -181,6 +217,8 @@ fn main() -> ExitCode {
             test_args,
         } => vm_test(opts, *nextest, test_args),
         Cmd::Demo { opts } => demo(opts),
+        Cmd::CompatPrepare(opts) => compat::prepare(opts),
+        Cmd::CompatTest { opts, test_args } => compat_test(opts, test_args),
         Cmd::Test { opts } => test_all(opts),
         Cmd::Install { destdir } => install::install(destdir.as_deref()),
     };

@@ -41,7 +41,7 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // /proc/self/status "Uid:" real effective saved fs
     fs::read_to_string("/proc/self/status")
         .ok()
@@ -54,7 +54,7 @@ fn is_root() -> bool {
 }
 
 /// Runs a command, returning stdout; on failure the error names the command and shows stderr.
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -78,7 +78,7 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
+pub fn status(cmd: &mut Command) -> Result<()> {
     let st = cmd
         .stdin(Stdio::null())
         .status()
@@ -90,7 +90,7 @@ fn status(cmd: &mut Command) -> Result<()> {
     }
 }
 
-fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let t0 = Instant::now();
     let r = f();
     eprintln!(
@@ -101,12 +101,12 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     r
 }
 
-struct Apt {
-    updated: bool,
+pub struct Apt {
+    pub updated: bool,
 }
 
 impl Apt {
-    fn update(&mut self) -> Result<()> {
+    pub fn update(&mut self) -> Result<()> {
         if !self.updated {
             eprintln!("xtask: apt-get update");
             status(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -116,7 +116,7 @@ impl Apt {
     }
 
     /// Installs packages as root, or fails with the one command to run.
-    fn install(&mut self, pkgs: &[String], why: &str) -> Result<()> {
+    pub fn install(&mut self, pkgs: &[String], why: &str) -> Result<()> {
         let line = format!(
             "apt-get install -y --no-install-recommends {}",
             pkgs.join(" ")

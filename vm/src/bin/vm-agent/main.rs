@@ -5,6 +5,7 @@
 //! (see the `vm` crate docs for the line format), checks that no fixture
 //! module is left loaded, and powers off.
 
+mod compat;
 mod product;
 mod proto;
 mod scenarios;

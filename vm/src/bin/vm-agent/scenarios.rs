@@ -16,7 +16,10 @@ pub type Scenario = fn(&mut Reporter);
 const SCENARIOS: &[(&str, Scenario)] = &[("boot", boot), ("infra_boot", infra_boot)];
 
 fn all() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
-    SCENARIOS.iter().chain(crate::product::SCENARIOS.iter())
+    SCENARIOS
+        .iter()
+        .chain(crate::product::SCENARIOS.iter())
+        .chain(crate::compat::SCENARIOS.iter())
 }
 
 pub fn find(name: &str) -> Option<Scenario> {

@@ -1,0 +1,313 @@
+//! Real SystemTap 4.8 modules under our staprun/stapio and under the C ones, side by side
+//! (guest side: `vm/src/bin/vm-agent/compat.rs`; differences: docs/compat.md).
+//!
+//! `cargo xtask compat-test` (or `cargo xtask compat-prepare`, then
+//! `cargo test -p vm --test compat`). One test per case and implementation:
+//! `GROUP::CASE::ours`, `GROUP::CASE::theirs`, and `GROUP::CASE::same` (the two
+//! agree, or differ only as docs/compat.md explains). The cases of a group share
+//! one guest boot, which runs only the selected cases.
+//!
+//! `STAPRUN_UNDER_TEST=ours|theirs|both` (default both) selects the implementations;
+//! `theirs` checks the tests themselves against the C reference.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Scenario (one guest boot) -> its cases, as known to the guest agent.
+const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "compat_run",
+        &[
+            "hello_root",
+            "hello_alice",
+            "sigint_root",
+            "sigint_alice",
+            "sigterm_alice",
+            "sighup_alice",
+            "system_root",
+            "system_alice",
+            "target_c",
+            "target_c_fails",
+            "target_x",
+            "modargs",
+            "modopt_alice",
+            "global_opt_invalid",
+            "stream",
+            "warn_error",
+        ],
+    ),
+    (
+        "compat_options",
+        &[
+            "cmdline09",
+            "cmdline10",
+            "cmdline11",
+            "cmdline12",
+            "cmdline13",
+            "cmdline14",
+            "cmdline16",
+            "cmdline17",
+            "cmdline18",
+            "cmdline19",
+            "cmdline20",
+            "cmdline21",
+            "helpout",
+        ],
+    ),
+    (
+        "compat_lifecycle",
+        &[
+            "attach_detach",
+            "attach_detach_alice",
+            "pr13158",
+            "rename_module",
+            "pr10854",
+            "sigusr2",
+            "sigusr2_bulk",
+            "staprunwait",
+        ],
+    ),
+    (
+        "compat_flightrec",
+        &[
+            "flightrec1",
+            "flightrec2",
+            "flightrec3",
+            "flightrec4",
+            "flightrec5",
+        ],
+    ),
+];
+
+const COMPAT_ENV: &str = "compat.env";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Ours,
+    Theirs,
+    Same,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Ours => "ours",
+            Side::Theirs => "theirs",
+            Side::Same => "same",
+        }
+    }
+}
+
+fn under_test() -> Vec<Side> {
+    let v = std::env::var("STAPRUN_UNDER_TEST").unwrap_or_else(|_| "both".into());
+    match v.as_str() {
+        "ours" => vec![Side::Ours],
+        "theirs" => vec![Side::Theirs],
+        "both" | "" => vec![Side::Ours, Side::Theirs, Side::Same],
+        other => {
+            eprintln!("STAPRUN_UNDER_TEST={other:?}: expected ours, theirs or both");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// What one guest boot reported, or why it did not.
+type Boot = Arc<Result<vm::GuestRun, String>>;
+
+struct Plan {
+    /// group -> selected cases
+    selected: BTreeMap<&'static str, BTreeSet<&'static str>>,
+    impls: Vec<Side>,
+    boots: Mutex<BTreeMap<&'static str, Boot>>,
+}
+
+fn artifacts() -> Result<vm::Artifacts, String> {
+    let mut art = vm::Artifacts::load()?;
+    let env = vm::cache_dir().join(COMPAT_ENV);
+    let text = fs::read_to_string(&env).map_err(|e| {
+        format!(
+            "compat artifacts not prepared ({}: {e}): run `cargo xtask compat-prepare`",
+            env.display()
+        )
+    })?;
+    let initrd = text
+        .lines()
+        .find_map(|l| l.strip_prefix("initrd="))
+        .ok_or_else(|| format!("{} has no initrd= line", env.display()))?;
+    art.initrd = initrd.into();
+    if !art.initrd.is_file() {
+        return Err(format!(
+            "{} is missing: run `cargo xtask compat-prepare`",
+            art.initrd.display()
+        ));
+    }
+    Ok(art)
+}
+
+impl Plan {
+    fn boot(&self, group: &'static str) -> Boot {
+        let mut boots = self.boots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = boots.get(group) {
+            return Arc::clone(b);
+        }
+        let t0 = Instant::now();
+        let cases = self.selected.get(group).cloned().unwrap_or_default();
+        let impls: Vec<&str> = self
+            .impls
+            .iter()
+            .filter(|s| **s != Side::Same)
+            .map(|s| s.name())
+            .collect();
+        let result = artifacts().and_then(|art| {
+            let mut spec = vm::BootSpec::new(group);
+            spec.timeout = spec.timeout.max(Duration::from_secs(900));
+            spec.append.push(format!("vmtest.impl={}", impls.join(",")));
+            spec.append.push(format!(
+                "vmtest.cases={}",
+                cases.iter().copied().collect::<Vec<_>>().join(",")
+            ));
+            vm::boot(&art, &spec)
+        });
+        match &result {
+            Ok(run) => eprintln!(
+                "[compat] {group}: {} case(s) x {impls:?}, guest {:.1}s, wall {:.1}s, results {}",
+                cases.len(),
+                run.elapsed.as_secs_f64(),
+                t0.elapsed().as_secs_f64(),
+                run.results_log.display()
+            ),
+            Err(_) => eprintln!(
+                "[compat] {group}: boot FAILED after {:.1}s",
+                t0.elapsed().as_secs_f64()
+            ),
+        }
+        let b = Arc::new(result);
+        boots.insert(group, Arc::clone(&b));
+        b
+    }
+}
+
+fn judge(boot: &Boot, group: &str, case: &str, side: Side) -> Result<(), Failed> {
+    let run = match boot.as_ref() {
+        Ok(run) => run,
+        Err(e) => return Err(format!("guest {group} did not run: {e}").into()),
+    };
+    let prefix = format!("{case}/{}/", side.name());
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    let mut group_failures = Vec::new();
+    let mut ended = false;
+    for e in run.events() {
+        if e.starts_with("END ") {
+            ended = true;
+        }
+        let (ok, rest) = if let Some(r) = e.strip_prefix("CHECK PASS ") {
+            (true, r)
+        } else if let Some(r) = e.strip_prefix("CHECK FAIL ") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let name = rest.split(" :: ").next().unwrap_or(rest);
+        if name.starts_with(&prefix) {
+            if ok {
+                passed += 1;
+            } else {
+                failed.push(rest.to_owned());
+            }
+        } else if !name.contains('/') && !ok {
+            // A check of the whole boot (image, setup): it concerns every case.
+            group_failures.push(rest.to_owned());
+        }
+    }
+    let log_tag = match side {
+        Side::Same => format!("[{case} "),
+        _ => format!("[{case} {}]", side.name()),
+    };
+    let transcript = || {
+        let mut s = String::new();
+        for e in run.events() {
+            if let Some(l) = e.strip_prefix("LOG ") {
+                if l.starts_with(&log_tag) {
+                    s.push_str("  ");
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s
+    };
+    let problem = if !ended {
+        Some("the guest never reported END (agent crashed or timed out)".to_owned())
+    } else if !group_failures.is_empty() {
+        Some(format!(
+            "guest setup failed: {}",
+            group_failures.join(" | ")
+        ))
+    } else if !failed.is_empty() {
+        Some(format!(
+            "{} check(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        ))
+    } else if passed == 0 {
+        Some(format!("the guest reported no check for {prefix}*"))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "{group}::{case}::{}: {p}\n--- transcript ---\n{}--- results: {} console: {} ---",
+            side.name(),
+            transcript(),
+            run.results_log.display(),
+            run.console_log.display()
+        )
+        .into()),
+    }
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let impls = under_test();
+    let mut names = Vec::new();
+    for (group, cases) in GROUPS {
+        for case in *cases {
+            for side in &impls {
+                names.push((*group, *case, *side));
+            }
+        }
+    }
+    // Which cases each boot must run: those of the trials the filters keep.
+    let mut selected: BTreeMap<&'static str, BTreeSet<&'static str>> = BTreeMap::new();
+    for (group, case, side) in &names {
+        let probe = Trial::test(format!("{group}::{case}::{}", side.name()), || Ok(()));
+        if !args.is_filtered_out(&probe) {
+            selected.entry(group).or_default().insert(case);
+        }
+    }
+    let plan = Arc::new(Plan {
+        selected,
+        impls,
+        boots: Mutex::new(BTreeMap::new()),
+    });
+    let trials = names
+        .into_iter()
+        .map(|(group, case, side)| {
+            let plan = Arc::clone(&plan);
+            Trial::test(format!("{group}::{case}::{}", side.name()), move || {
+                let boot = plan.boot(group);
+                judge(&boot, group, case, side)
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
