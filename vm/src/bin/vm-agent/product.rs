@@ -949,6 +949,15 @@ pub fn output_options(r: &mut Reporter) {
         Some((ALICE.uid, ALICE.gid)),
     );
 
+    // -o where the user may not write: an error, and the module is unloaded.
+    let out = staprun(&ALICE, &["-o", "/root/forbidden.out", "pmod"]);
+    check_run_ended(r, "o_forbidden", &out, 1);
+    r.check(
+        "o_forbidden_says_why",
+        out.stderr.contains("/root/forbidden.out") && out.stderr.contains("Permission denied"),
+        out.summary(),
+    );
+
     // -o with a strftime(3) name, relative to the working directory (/tmp).
     let year = util::run_as(&ROOT, &["/bin/date", "+%Y"], &[])
         .stdout
@@ -1219,6 +1228,19 @@ pub fn target_options(r: &mut Reporter) {
         target_line(&out.stdout).unwrap_or(0)
     );
     r.check_eq("c_script_as_alice_after_start", got.trim(), want.as_str());
+
+    // Begin probes that fail: the held command is killed, never run.
+    let never = "/tmp/never.out";
+    let _ = fs::remove_file(never);
+    root_script("/tmp/never.sh", &format!("echo ran > {never}"));
+    let out = staprun(&ALICE, &["-c", "/tmp/never.sh", "pmod", "start_res=1"]);
+    check_run_ended(r, "c_start_fails", &out, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    r.check(
+        "c_start_fails_command_never_runs",
+        !Path::new(never).exists(),
+        format!("{never} exists: {}", Path::new(never).exists()),
+    );
 
     // -c false: exit 1 with a warning.
     let out = staprun(&ALICE, &["-c", "false", "pmod", "run_ms=100"]);
@@ -1492,6 +1514,49 @@ pub fn bulk_mode(r: &mut Reporter) {
     r.check_eq("bulk_o_files", dir_names(&dir), want.clone());
     let files: Vec<String> = want.iter().map(|n| format!("{dir}/{n}")).collect();
     check_bulk_files(r, "bulk_o", &files, crate::proto::Gen::V4, records);
+
+    // Bulk with -S 1,2: F_cpu<N>.0, .1, ... per CPU, the newest 2 kept.
+    let dir = user_dir("/tmp/bulkS", &ALICE);
+    let f = format!("{dir}/F");
+    let out = staprun(
+        &ALICE,
+        &[
+            "-S",
+            "1,2",
+            "-o",
+            &f,
+            "pmod",
+            "bulk=1",
+            "records=2600",
+            "record_size=1024",
+        ],
+    );
+    check_run_ended(r, "bulk_S", &out, 0);
+    let names = dir_names(&dir);
+    for cpu in 0..ncpu {
+        let prefix = format!("F_cpu{cpu}.");
+        let nums: Vec<u32> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        let sizes: Vec<u64> = nums
+            .iter()
+            .map(|n| fs::metadata(format!("{f}_cpu{cpu}.{n}")).map_or(0, |m| m.len()))
+            .collect();
+        r.check(
+            &format!("bulk_S_cpu{cpu}_rotated_keeps_2"),
+            nums.len() == 2
+                && nums[1] == nums[0] + 1
+                && nums[1] >= 2
+                && sizes.iter().all(|s| *s <= (1 << 20) + 1024 + 8),
+            format!("files {names:?}, sizes {sizes:?}"),
+        );
+    }
+    r.check_eq(
+        "bulk_S_only_numbered_files",
+        names.iter().filter(|n| !n.starts_with("F_cpu")).count(),
+        0,
+    );
 
     // 5.x module, no -o: stpd_cpu<N> in the working directory.
     publish("pmod5");
