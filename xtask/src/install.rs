@@ -1,18 +1,63 @@
-//! `install`: put staprun and stapio where the build-time defaults point.
+//! `install` and `uninstall`: staprun 04110 root:stapusr and stapio 0755 at the paths fixed at
+//! build time (`STAPRUN_PATH`, `STAPIO_PATH`, from `--prefix`), the stapusr/stapsys/stapdev
+//! groups, the blessed directory for the running kernel, man pages and completions.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt as _, chown};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::Result;
-use crate::prepare::{STAPDEV, STAPSYS, STAPUSR};
+use crate::dist::Paths;
+use crate::prepare::{STAPDEV, STAPSYS, STAPUSR, is_root, output};
 
-const STAPRUN: &str = "usr/bin/staprun";
-const STAPIO: &str = "usr/libexec/staprun/stapio";
+/// The SystemTap groups, with the gids Fedora/RHEL register for them (tried first, and used
+/// for a `--destdir` tree without an etc/group of its own; the test image uses them too).
+pub const GROUPS: [(&str, u32); 3] = [
+    ("stapusr", STAPUSR),
+    ("stapsys", STAPSYS),
+    ("stapdev", STAPDEV),
+];
 
-/// gid of `name` in /etc/group under `root`.
-fn group_gid(root: &Path, name: &str) -> Option<u32> {
+/// Layout of the blessed directory `/lib/modules/$(uname -r)/systemtap`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// 755 root:root: only root publishes modules.
+    #[value(name = "755")]
+    RootOnly,
+    /// 775 root:stapdev: members of stapdev publish modules.
+    #[value(name = "775")]
+    Stapdev,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    /// Installation prefix: staprun goes to PREFIX/bin, stapio to PREFIX/libexec/staprun, and
+    /// both are built with these paths compiled in.
+    #[arg(long, value_name = "DIR", default_value = "/usr")]
+    pub prefix: PathBuf,
+    /// Stage under DIR instead of / (for packagers; no group is created, ownership is set
+    /// only when run as root).
+    #[arg(long, value_name = "DIR")]
+    pub destdir: Option<PathBuf>,
+    /// Blessed directory layout: 755 (root:root) or 775 (root:stapdev). Without it a missing
+    /// directory is created 755 and an existing one is left as it is.
+    #[arg(long, value_enum, value_name = "755|775")]
+    pub layout: Option<Layout>,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct UninstallOptions {
+    /// The prefix given to install.
+    #[arg(long, value_name = "DIR", default_value = "/usr")]
+    pub prefix: PathBuf,
+    /// The destdir given to install.
+    #[arg(long, value_name = "DIR")]
+    pub destdir: Option<PathBuf>,
+}
+
+/// gid of `name` in `root`/etc/group.
+pub fn group_gid(root: &Path, name: &str) -> Option<u32> {
     fs::read_to_string(root.join("etc/group"))
         .ok()?
         .lines()
@@ -22,77 +67,405 @@ fn group_gid(root: &Path, name: &str) -> Option<u32> {
         })
 }
 
-fn copy(src: &Path, dst: &Path, mode: u32, gid: u32, as_root: bool) -> Result<()> {
+/// Writes `data` to `dst` through a temporary file renamed into place (a running copy is never
+/// modified); ownership (when `owner` is given) before the mode, as chown clears set-id bits.
+pub fn put(dst: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     let parent = dst.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
-    // Write a new file and rename it into place, so a running copy is never modified.
     let tmp = dst.with_extension("xtask-new");
-    fs::copy(src, &tmp).map_err(|e| format!("copy {} to {}: {e}", src.display(), tmp.display()))?;
-    if as_root {
-        chown(&tmp, Some(0), Some(gid)).map_err(|e| format!("chown {}: {e}", tmp.display()))?;
+    fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    if let Some((uid, gid)) = owner {
+        chown(&tmp, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", tmp.display()))?;
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
     fs::rename(&tmp, dst).map_err(|e| format!("rename to {}: {e}", dst.display()))?;
-    eprintln!("xtask: installed {} mode {mode:o}", dst.display());
+    let own = owner.map_or(String::new(), |(u, g)| format!(" {u}:{g}"));
+    eprintln!("xtask: installed {} {mode:04o}{own}", dst.display());
     Ok(())
 }
 
-pub fn install(destdir: Option<&Path>) -> Result<()> {
-    let root = destdir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let as_root = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    if destdir.is_none() && !as_root {
-        return Err("installing into / needs root (or pass --destdir DIR)".into());
-    }
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "staprun", "-p", "stapio"])
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Builds staprun and stapio (release) with `paths` compiled in; returns the directory holding
+/// them. The default prefix builds exactly what `cargo build --release` builds; another prefix
+/// builds in its own target directory so the two never overwrite each other.
+pub fn build(paths: &Paths) -> Result<PathBuf> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--release", "-p", "staprun", "-p", "stapio"])
         .current_dir(crate::prepare::workspace_root())
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !st.success() {
-        return Err(format!("building staprun/stapio failed ({st})"));
+        .env_remove("STAPIO_PATH")
+        .env_remove("STAPRUN_PATH");
+    let bin = if paths.is_default() {
+        vm::target_dir().join("release")
+    } else {
+        let tag: String = paths
+            .prefix
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let dir = crate::dist::dist_dir().join(format!("build{tag}"));
+        cmd.arg("--target-dir")
+            .arg(&dir)
+            .env("STAPIO_PATH", &paths.stapio)
+            .env("STAPRUN_PATH", &paths.staprun);
+        dir.join("release")
+    };
+    eprintln!(
+        "xtask: building staprun/stapio with STAPIO_PATH={} STAPRUN_PATH={}",
+        paths.stapio.display(),
+        paths.staprun.display()
+    );
+    crate::prepare::status(&mut cmd).map_err(|e| format!("building staprun/stapio: {e}"))?;
+    // The paths must really be inside the binaries.
+    for (bin_name, other) in [("staprun", &paths.stapio), ("stapio", &paths.staprun)] {
+        let p = bin.join(bin_name);
+        let data = fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
+        if !contains(&data, other.as_os_str().as_encoded_bytes()) {
+            return Err(format!(
+                "{} does not contain the path {}",
+                p.display(),
+                other.display()
+            ));
+        }
     }
-    if destdir.is_none() {
-        for (name, gid) in [
-            ("stapusr", STAPUSR),
-            ("stapsys", STAPSYS),
-            ("stapdev", STAPDEV),
-        ] {
-            if group_gid(&root, name).is_none() {
-                let gid_s = gid.to_string();
-                let ok = Command::new("groupadd")
-                    .args(["--system", "--gid", &gid_s, name])
-                    .status()
-                    .is_ok_and(|s| s.success())
-                    || Command::new("groupadd")
-                        .args(["--system", name])
-                        .status()
-                        .is_ok_and(|s| s.success());
-                if !ok {
-                    return Err(format!("cannot create group {name} (groupadd failed)"));
-                }
+    Ok(bin)
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    fs::read(p).map_err(|e| format!("read {}: {e}", p.display()))
+}
+
+/// The root of the install (`/` or the destdir) joined with an absolute path.
+fn under(root: &Path, abs: &Path) -> PathBuf {
+    root.join(abs.strip_prefix("/").unwrap_or(abs))
+}
+
+/// Creates the missing SystemTap groups with `groupadd --system` (the registered gid first).
+fn ensure_groups() -> Result<()> {
+    for (name, gid) in GROUPS {
+        if group_gid(Path::new("/"), name).is_some() {
+            continue;
+        }
+        let how = format!("groupadd --system {name}");
+        if vm::which("groupadd").is_none() {
+            return Err(format!(
+                "group {name} is missing and groupadd is not installed: create it ({how}, or addgroup --system {name})"
+            ));
+        }
+        let gid_s = gid.to_string();
+        let ok = Command::new("groupadd")
+            .args(["--system", "--gid", &gid_s, name])
+            .status()
+            .is_ok_and(|s| s.success())
+            || Command::new("groupadd")
+                .args(["--system", name])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("cannot create group {name}: `{how}` failed"));
+        }
+        eprintln!(
+            "xtask: created group {name} (gid {})",
+            group_gid(Path::new("/"), name).unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// gid of a SystemTap group for the install: from the target's etc/group, else the registered one.
+fn gid_for(root: &Path, name: &str) -> u32 {
+    group_gid(root, name).unwrap_or_else(|| {
+        GROUPS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, g)| *g)
+    })
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> Result<String> {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("read /proc/sys/kernel/osrelease: {e}"))
+}
+
+/// Creates (or, with an explicit layout, sets) `/lib/modules/$(uname -r)/systemtap`.
+fn blessed_dir(root: &Path, layout: Option<Layout>, as_root: bool) -> Result<()> {
+    let rel = kernel_release()?;
+    let dir = under(
+        root,
+        &PathBuf::from(format!("/lib/modules/{rel}/systemtap")),
+    );
+    let existed = dir.is_dir();
+    if existed && layout.is_none() {
+        let m = fs::metadata(&dir).map_err(|e| format!("stat {}: {e}", dir.display()))?;
+        eprintln!(
+            "xtask: {} exists ({:o} {}:{}), left as it is (pass --layout 755|775 to set it)",
+            dir.display(),
+            m.mode() & 0o7777,
+            m.uid(),
+            m.gid()
+        );
+        return Ok(());
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let (mode, gid) = match layout.unwrap_or(Layout::RootOnly) {
+        Layout::RootOnly => (0o755, 0),
+        Layout::Stapdev => (0o775, gid_for(root, "stapdev")),
+    };
+    if as_root {
+        chown(&dir, Some(0), Some(gid)).map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    eprintln!(
+        "xtask: {} {} {mode:o} 0:{gid}",
+        if existed { "set" } else { "created" },
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The package that owns `path` on this system, if dpkg knows one.
+fn dpkg_owner(path: &Path) -> Option<String> {
+    vm::which("dpkg-query")?;
+    let out = output(Command::new("dpkg-query").arg("-S").arg(path)).ok()?;
+    out.lines()
+        .next()
+        .and_then(|l| l.split(':').next())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn check_target(opts_prefix: &Path, destdir: Option<&Path>) -> Result<(PathBuf, bool)> {
+    if !opts_prefix.is_absolute() {
+        return Err(format!(
+            "--prefix must be absolute, not {}",
+            opts_prefix.display()
+        ));
+    }
+    let as_root = is_root();
+    if destdir.is_none() && !as_root {
+        return Err(
+            "installing into / needs root: run it as root, or stage with --destdir DIR".into(),
+        );
+    }
+    Ok((
+        destdir.map_or_else(|| PathBuf::from("/"), Path::to_path_buf),
+        as_root,
+    ))
+}
+
+/// Writes the binaries, man pages and completions under `root`. The package uses this too
+/// (`staprun_mode` 0755 there: dpkg-statoverride sets 04110 root:stapusr in postinst).
+pub fn stage(
+    root: &Path,
+    paths: &Paths,
+    bin: &Path,
+    staprun_mode: u32,
+    owners: Option<(u32, u32)>,
+) -> Result<()> {
+    let root_owned = owners.map(|_| (0, 0));
+    put(
+        &under(root, &paths.stapio),
+        &read(&bin.join("stapio"))?,
+        0o755,
+        root_owned,
+    )?;
+    for (rel, file) in paths.data_files() {
+        put(&root.join(rel), &file.render(paths)?, 0o644, root_owned)?;
+    }
+    // Last, so a failed install leaves no runnable staprun without its stapio.
+    put(
+        &under(root, &paths.staprun),
+        &read(&bin.join("staprun"))?,
+        staprun_mode,
+        owners,
+    )
+}
+
+pub fn install(opts: &Options) -> Result<()> {
+    let (root, as_root) = check_target(&opts.prefix, opts.destdir.as_deref())?;
+    let paths = Paths::for_prefix(&opts.prefix);
+    if opts.destdir.is_none() {
+        for p in [&paths.staprun, &paths.stapio] {
+            if let Some(pkg) = dpkg_owner(p) {
+                return Err(format!(
+                    "{} belongs to the package {pkg}: remove it first (apt remove {pkg}), or install elsewhere with --prefix /usr/local",
+                    p.display()
+                ));
             }
         }
     }
-    let stapusr = group_gid(&root, "stapusr").unwrap_or(STAPUSR);
-    let bin = vm::target_dir().join("release");
-    copy(&bin.join("stapio"), &root.join(STAPIO), 0o755, 0, as_root)?;
-    // Mode last: chown clears set-id bits, so the 04110 is applied after it.
-    copy(
-        &bin.join("staprun"),
-        &root.join(STAPRUN),
-        0o4110,
-        stapusr,
-        as_root,
-    )?;
+    let bin = build(&paths)?;
+    if opts.destdir.is_none() {
+        ensure_groups()?;
+    }
+    let owners = as_root.then(|| (0, gid_for(&root, "stapusr")));
+    if !as_root {
+        eprintln!(
+            "xtask: not root: files are staged with your ownership; staprun must end up 04110 root:stapusr"
+        );
+    }
+    stage(&root, &paths, &bin, 0o4110, owners)?;
+    blessed_dir(&root, opts.layout, as_root)?;
+    let libexec = paths.stapio.parent().unwrap_or(Path::new("/"));
+    if as_root {
+        // Directories we may have created: root-owned, 0755.
+        for d in [libexec, &paths.prefix.join("bin")] {
+            let d = under(&root, d);
+            let _ = chown(&d, Some(0), Some(0));
+        }
+    }
+    if opts.destdir.is_none() {
+        let st = fs::metadata(&paths.staprun)
+            .map_err(|e| format!("stat {}: {e}", paths.staprun.display()))?;
+        if st.mode() & 0o7777 != 0o4110 || st.uid() != 0 {
+            return Err(format!(
+                "{} ended up {:o} {}:{} (the file system may be mounted nosuid or not support set-id bits)",
+                paths.staprun.display(),
+                st.mode() & 0o7777,
+                st.uid(),
+                st.gid()
+            ));
+        }
+        eprintln!(
+            "xtask: done; add users to stapusr (usermod -aG stapusr USER) and publish modules in /lib/modules/$(uname -r)/systemtap"
+        );
+    }
     Ok(())
+}
+
+pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
+    let (root, _) = check_target(&opts.prefix, opts.destdir.as_deref())?;
+    let paths = Paths::for_prefix(&opts.prefix);
+    if opts.destdir.is_none() {
+        for p in [&paths.staprun, &paths.stapio] {
+            if let Some(pkg) = dpkg_owner(p) {
+                return Err(format!(
+                    "{} belongs to the package {pkg}: use apt remove {pkg}",
+                    p.display()
+                ));
+            }
+        }
+    }
+    let mut files = vec![under(&root, &paths.staprun), under(&root, &paths.stapio)];
+    files.extend(
+        paths
+            .data_files()
+            .into_iter()
+            .map(|(rel, _)| root.join(rel)),
+    );
+    for f in files {
+        match fs::remove_file(&f) {
+            Ok(()) => eprintln!("xtask: removed {}", f.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("remove {}: {e}", f.display())),
+        }
+    }
+    let libexec = under(&root, paths.stapio.parent().unwrap_or(Path::new("/")));
+    if fs::remove_dir(&libexec).is_ok() {
+        eprintln!("xtask: removed {}", libexec.display());
+    }
+    eprintln!(
+        "xtask: kept the stapusr/stapsys/stapdev groups and /lib/modules/*/systemtap (they may hold users and modules)"
+    );
+    Ok(())
+}
+
+/// For `cargo xtask test`: install into a fresh destdir (prefix /usr/local, layout 775), check
+/// every file and mode, uninstall, check that the files are gone.
+pub fn check_destdir_install() -> Result<()> {
+    let d = crate::dist::dist_dir().join("install-check");
+    let _ = fs::remove_dir_all(&d);
+    let prefix = PathBuf::from("/usr/local");
+    install(&Options {
+        prefix: prefix.clone(),
+        destdir: Some(d.clone()),
+        layout: Some(Layout::Stapdev),
+    })?;
+    let paths = Paths::for_prefix(&prefix);
+    let as_root = is_root();
+    let mode = |p: &Path| -> Result<(u32, u32, u32)> {
+        let m = fs::metadata(p).map_err(|e| format!("stat {}: {e}", p.display()))?;
+        Ok((m.mode() & 0o7777, m.uid(), m.gid()))
+    };
+    let mut want = vec![
+        (
+            under(&d, &paths.staprun),
+            (0o4110, 0, gid_for(&d, "stapusr")),
+        ),
+        (under(&d, &paths.stapio), (0o755, 0, 0)),
+        (
+            under(
+                &d,
+                Path::new(&format!("/lib/modules/{}/systemtap", kernel_release()?)),
+            ),
+            (0o775, 0, gid_for(&d, "stapdev")),
+        ),
+    ];
+    for (rel, _) in paths.data_files() {
+        want.push((d.join(rel), (0o644, 0, 0)));
+    }
+    for (p, (m, uid, gid)) in &want {
+        let got = mode(p)?;
+        let ok = if as_root {
+            got == (*m, *uid, *gid)
+        } else {
+            got.0 == *m
+        };
+        if !ok {
+            return Err(format!(
+                "{}: got {:o} {}:{}, want {m:o} {uid}:{gid}",
+                p.display(),
+                got.0,
+                got.1,
+                got.2
+            ));
+        }
+    }
+    uninstall(&UninstallOptions {
+        prefix,
+        destdir: Some(d.clone()),
+    })?;
+    for (p, _) in want.iter().take(2).chain(want.iter().skip(3)) {
+        if p.exists() {
+            return Err(format!("{} still there after uninstall", p.display()));
+        }
+    }
+    let _ = fs::remove_dir_all(&d);
+    eprintln!(
+        "xtask: install/uninstall into a destdir: {} files checked",
+        want.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gid_lookup() {
+        let d = std::env::temp_dir().join(format!("xtask-install-{}", std::process::id()));
+        fs::create_dir_all(d.join("etc")).unwrap();
+        fs::write(d.join("etc/group"), "root:x:0:\nstapusr:x:990:alice\n").unwrap();
+        assert_eq!(group_gid(&d, "stapusr"), Some(990));
+        assert_eq!(gid_for(&d, "stapusr"), 990);
+        assert_eq!(gid_for(&d, "stapdev"), STAPDEV);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn under_joins_absolute_paths() {
+        assert_eq!(
+            under(Path::new("/d"), Path::new("/usr/bin/staprun")),
+            Path::new("/d/usr/bin/staprun")
+        );
+    }
 }

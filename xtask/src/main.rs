@@ -6,7 +6,13 @@
 //!   `cargo test -p vm --test vm`.
 //! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
 //! - `test`: rustfmt check, clippy, host tests, VM suite (what `.ci/run` calls).
-//! - `install [--destdir DIR]`: staprun 04110 root:stapusr, stapio 0755.
+//! - `install [--prefix P] [--destdir D] [--layout 755|775]`: staprun 04110 root:stapusr, stapio
+//!   0755 (built with the prefix's paths), groups, blessed directory, man pages, completions;
+//!   `uninstall` removes them (see docs/admin.md).
+//! - `dist`: man pages (checked with groff) and completions into target/dist/.
+//! - `deb`: target/dist/staprun-rs_<version>_<arch>.deb (dpkg-deb from a staged tree).
+//! - `vm-install-test [-- <libtest args>]`: vm-prepare, deb, a --destdir install, then
+//!   `cargo test -p vm --test install` (the package and the install in a guest).
 //! - `compat-prepare`: vm-prepare, real SystemTap modules, the C staprun/stapio, compat initramfs.
 //! - `compat-test [-- <libtest args>]`: compat-prepare, then `cargo test -p vm --test compat`
 //!   (`STAPRUN_UNDER_TEST=ours|theirs|both` selects the implementations).
@@ -14,6 +20,8 @@
 
 mod compat;
 mod cpio;
+mod deb;
+mod dist;
 mod install;
 mod prepare;
 
@@ -67,11 +75,25 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// Install staprun (04110 root:stapusr) and stapio (0755) on this machine.
-    Install {
-        /// Stage under this directory instead of / (no group creation, ownership still set when root).
-        #[arg(long, value_name = "DIR")]
-        destdir: Option<std::path::PathBuf>,
+    /// Install staprun (04110 root:stapusr), stapio (0755), groups, blessed directory, man pages, completions.
+    Install(install::Options),
+    /// Remove what install put in place (groups and blessed directories are kept).
+    Uninstall(install::UninstallOptions),
+    /// Generate staprun(8), stapio(8) and bash/zsh/fish completions into target/dist/.
+    Dist {
+        /// Prefix whose build-time paths the man pages name.
+        #[arg(long, value_name = "DIR", default_value = "/usr")]
+        prefix: std::path::PathBuf,
+    },
+    /// Build target/dist/staprun-rs_<version>_<arch>.deb.
+    Deb,
+    /// vm-prepare, deb, a --destdir install, then the guest install tests (`cargo test -p vm --test install`).
+    VmInstallTest {
+        #[command(flatten)]
+        opts: prepare::Options,
+        /// Arguments passed to the test binary (libtest syntax).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
 }
 
@@ -198,7 +220,13 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
     stage("host tests", &mut || {
         run(cargo().args(["test", "--workspace", "--exclude", "vm"]))
     });
+    stage("dist + deb + install (host)", &mut || {
+        dist::dist(&dist::Paths::for_prefix(std::path::Path::new("/usr")))?;
+        deb::deb()?;
+        install::check_destdir_install()
+    });
     stage("vm suite", &mut || vm_test(opts, false, &[]));
+    stage("vm install", &mut || deb::vm_install_test(opts, true, &[]));
     eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
     if failed.is_empty() {
         Ok(())
@@ -220,7 +248,11 @@ fn main() -> ExitCode {
         Cmd::CompatPrepare(opts) => compat::prepare(opts),
         Cmd::CompatTest { opts, test_args } => compat_test(opts, test_args),
         Cmd::Test { opts } => test_all(opts),
-        Cmd::Install { destdir } => install::install(destdir.as_deref()),
+        Cmd::Install(opts) => install::install(opts),
+        Cmd::Uninstall(opts) => install::uninstall(opts),
+        Cmd::Dist { prefix } => dist::dist(&dist::Paths::for_prefix(prefix)),
+        Cmd::Deb => deb::deb().map(|_| ()),
+        Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
