@@ -757,7 +757,11 @@ static int __init stp_fixture_init(void)
 	relay_proc_ops.proc_lseek = relay_file_operations.llseek;
 	relay_proc_ops.proc_release = relay_file_operations.release;
 
-	/* /proc/systemtap is left behind by every module, so it may exist */
+	/*
+	 * /proc/systemtap is left behind by every module, so it may exist.
+	 * Not locked across modules (nor in the real runtime): two first
+	 * loads at the same moment may both create it, and the kernel warns.
+	 */
 	if (kern_path("/proc/systemtap", 0, &p) == 0)
 		path_put(&p);
 	else

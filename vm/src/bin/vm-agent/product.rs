@@ -1340,6 +1340,39 @@ pub fn rename_concurrent(r: &mut Reporter) {
         return;
     }
     let before = module_snapshot();
+
+    // A name too short to rename: warning, loaded and run under its own name.
+    let ab = blessed_dir().join("ab.ko");
+    let made = fs::read(Path::new(crate::scenarios::FIXTURES).join("pmod.ko"))
+        .map_err(|e| e.to_string())
+        .and_then(|img| renamed_image(&img, "pmod", "ab"))
+        .and_then(|img| fs::write(&ab, img).map_err(|e| e.to_string()));
+    if r.check("R_short_module_built", made.is_ok(), format!("{made:?}")) {
+        let out = staprun(&ALICE, &["-R", "ab"]);
+        log_run(r, "alice$ staprun -R ab", &out);
+        r.check(
+            "R_short_warns_and_runs",
+            out.code == Some(0)
+                && out
+                    .stderr
+                    .contains("Old module name 'ab' is too short for renaming, ignoring -R.")
+                && out.stdout.starts_with(HELLO)
+                && out.stdout.trim_end().ends_with(END),
+            out.summary(),
+        );
+        r.check("R_short_unloaded", !util::is_loaded("ab"), "");
+    }
+    let _ = fs::remove_file(&ab);
+
+    // Two at once. The short-name run above left /proc/systemtap behind:
+    // every fixture creates it when missing without a lock (as the real
+    // runtime does), so two first loads racing would both create it and
+    // the kernel warns "proc_dir_entry '/proc/systemtap' already registered".
+    r.check(
+        "R_proc_systemtap_exists",
+        Path::new("/proc/systemtap").is_dir(),
+        "",
+    );
     publish("fixture_a");
     let args = ["-R", "fixture_a", "run_ms=100"];
     let (Some(mut a), Some(mut b)) = (staprun_bg(&ALICE, &args), staprun_bg(&ALICE, &args)) else {
@@ -1394,28 +1427,6 @@ pub fn rename_concurrent(r: &mut Reporter) {
     let left: Vec<&String> = renamed.iter().filter(|m| util::is_loaded(m)).collect();
     r.check("R_both_unloaded", left.is_empty(), format!("{left:?}"));
 
-    // A name too short to rename: warning, loaded and run under its own name.
-    let ab = blessed_dir().join("ab.ko");
-    let made = fs::read(Path::new(crate::scenarios::FIXTURES).join("pmod.ko"))
-        .map_err(|e| e.to_string())
-        .and_then(|img| renamed_image(&img, "pmod", "ab"))
-        .and_then(|img| fs::write(&ab, img).map_err(|e| e.to_string()));
-    if r.check("R_short_module_built", made.is_ok(), format!("{made:?}")) {
-        let out = staprun(&ALICE, &["-R", "ab"]);
-        log_run(r, "alice$ staprun -R ab", &out);
-        r.check(
-            "R_short_warns_and_runs",
-            out.code == Some(0)
-                && out
-                    .stderr
-                    .contains("Old module name 'ab' is too short for renaming, ignoring -R.")
-                && out.stdout.starts_with(HELLO)
-                && out.stdout.trim_end().ends_with(END),
-            out.summary(),
-        );
-        r.check("R_short_unloaded", !util::is_loaded("ab"), "");
-    }
-    let _ = fs::remove_file(&ab);
     check_no_new_modules(r, "end", &before);
 }
 
