@@ -1169,8 +1169,8 @@ pub fn target_options(r: &mut Reporter) {
     let before = module_snapshot();
     publish("pmod");
 
-    // -c "sleep 2": the module would run forever; stapio ends when the command does.
-    match staprun_bg(&ALICE, &["-c", "sleep 2", "pmod", "run_ms=100"]) {
+    // -c "sleep 3": the module would run forever; stapio ends when the command does.
+    match staprun_bg(&ALICE, &["-c", "sleep 3", "pmod", "run_ms=100"]) {
         None => {
             r.check("c_sleep_start", false, "spawn failed");
         }
@@ -1190,7 +1190,7 @@ pub fn target_options(r: &mut Reporter) {
             }
             let out = bg.wait(RUN);
             let took = t0.elapsed();
-            log_run(r, "alice$ staprun -c 'sleep 2' pmod run_ms=100", &out);
+            log_run(r, "alice$ staprun -c 'sleep 3' pmod run_ms=100", &out);
             check_run_ended(r, "c_sleep", &out, 0);
             r.check(
                 "c_sleep_output",
@@ -1202,7 +1202,7 @@ pub fn target_options(r: &mut Reporter) {
             );
             r.check(
                 "c_sleep_ends_with_command",
-                took >= Duration::from_millis(1500) && took < Duration::from_secs(20),
+                took >= Duration::from_millis(2500) && took < Duration::from_secs(20),
                 format!("{took:?}"),
             );
         }
