@@ -150,6 +150,22 @@ pub fn deb() -> Result<PathBuf> {
     fs::create_dir_all(&stage).map_err(|e| format!("mkdir {}: {e}", stage.display()))?;
     // 0755 in the archive; the statoverride in postinst makes it 04110 root:stapusr.
     install::stage(&stage, &paths, &bin, 0o755, None)?;
+    // As dh_strip does: Debian ships stripped binaries.
+    if vm::which("strip").is_some() {
+        for b in ["usr/bin/staprun", "usr/libexec/staprun/stapio"] {
+            output(
+                Command::new("strip")
+                    .args([
+                        "--strip-unneeded",
+                        "--remove-section=.comment",
+                        "--remove-section=.note",
+                    ])
+                    .arg(stage.join(b)),
+            )?;
+        }
+    } else {
+        eprintln!("xtask: strip (binutils) not found: the binaries are packaged unstripped");
+    }
     let doc = stage.join("usr/share/doc").join(PACKAGE);
     let root = workspace_root();
     let read = |p: &Path| fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));

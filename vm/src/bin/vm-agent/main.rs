@@ -6,6 +6,7 @@
 //! module is left loaded, and powers off.
 
 mod compat;
+mod install;
 mod product;
 mod proto;
 mod scenarios;
@@ -72,7 +73,8 @@ fn main() {
         sys::kernel_release(),
         num_cpus()
     ));
-    match scenarios::find(&name) {
+    // The install scenarios run only in the image of `cargo xtask vm-install-test`.
+    match scenarios::find(&name).or_else(|| install::find(&name)) {
         Some(f) => {
             if let Err(e) = scenarios::prepare_blessed_dir() {
                 r.check("setup_blessed_dir", false, e);
