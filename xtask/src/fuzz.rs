@@ -16,7 +16,10 @@ fn cargo() -> Command {
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
-    let ok = cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let ok = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if ok {
         return Ok(());
     }
@@ -25,7 +28,11 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .args(["install", "cargo-fuzz", "--locked"])
         .status()
         .map_err(|e| format!("cannot run cargo install: {e}"))?;
-    if st.success() { Ok(()) } else { Err("cannot install cargo-fuzz (cargo install cargo-fuzz)".into()) }
+    if st.success() {
+        Ok(())
+    } else {
+        Err("cannot install cargo-fuzz (cargo install cargo-fuzz)".into())
+    }
 }
 
 /// Run every target for `seconds`; any crash fails.
@@ -40,18 +47,33 @@ pub fn run(seconds: u32) -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "-O", t])
             .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=65536"])
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-max_len=65536",
+            ])
             .output()
             .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
         let log = String::from_utf8_lossy(&out.stderr);
-        let done = log.lines().filter(|l| l.contains("DONE")).last().unwrap_or("").trim().to_string();
-        eprintln!("xtask: fuzz {t}: {done} ({:.0}s)", t0.elapsed().as_secs_f64());
+        let done = log
+            .lines()
+            .filter(|l| l.contains("DONE"))
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        eprintln!(
+            "xtask: fuzz {t}: {done} ({:.0}s)",
+            t0.elapsed().as_secs_f64()
+        );
         if !out.status.success() {
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             for l in tail.into_iter().rev() {
                 eprintln!("  {l}");
             }
-            return Err(format!("fuzz target {t} failed (see the crash above; artifacts in fuzz/artifacts/{t})"));
+            return Err(format!(
+                "fuzz target {t} failed (see the crash above; artifacts in fuzz/artifacts/{t})"
+            ));
         }
     }
     Ok(())
