@@ -104,7 +104,7 @@ pub fn rename_image(
         detail: e.to_string(),
     })?;
     let suffix = format!("_{}", ctx.pid);
-    if old.len() <= suffix.len() {
+    if old.len() < suffix.len() {
         (ctx.warn)(&format!(
             "Old module name '{old}' is too short for renaming, ignoring -R."
         ));
