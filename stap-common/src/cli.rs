@@ -255,6 +255,33 @@ fn takes(program: Program, c: char) -> Option<Takes> {
     }
 }
 
+/// Short letter and long name of every option.
+const LONGS: [(char, &str); 23] = [
+    ('A', "attach"),
+    ('L', "load-only"),
+    ('v', "verbose"),
+    ('i', "stdin"),
+    ('h', "help"),
+    ('d', "delete"),
+    ('D', "daemon"),
+    ('w', "suppress-warnings"),
+    ('R', "rename"),
+    ('V', "version"),
+    ('u', "uprobes"),
+    ('b', "buffer"),
+    ('t', "target-pid"),
+    ('c', "command"),
+    ('o', "output"),
+    ('x', "target"),
+    ('N', "namespaces-pid"),
+    ('S', "size"),
+    ('r', "remote"),
+    ('T', "timeout"),
+    ('C', "color"),
+    ('M', "monitor"),
+    ('F', "relay-fd"),
+];
+
 fn long_of(c: char) -> &'static str {
     match c {
         'A' => "attach",
@@ -300,6 +327,27 @@ pub fn normalize(program: Program, args: &[String]) -> Result<Vec<String>, CliEr
         }
         if !arg.starts_with('-') || arg == "-" {
             operands.push(arg.clone());
+            continue;
+        }
+        // Long forms of the same options (what `-h` shows), `--name` or
+        // `--name=value`; the C tools have only the short ones.
+        if let Some(long) = arg.strip_prefix("--") {
+            let name = long.split('=').next().unwrap_or("");
+            let short = LONGS.iter().find(|(_, l)| *l == name).map(|(c, _)| *c);
+            match short.map(|c| (c, takes(program, c))) {
+                Some((_, Some(Takes::Value))) if !long.contains('=') => {
+                    let c = short.unwrap_or('?');
+                    if i < args.len() {
+                        i += 1;
+                        opts.push(format!("--{name}={}", args[i - 1]));
+                    } else {
+                        return Err(CliError::MissingValue(c));
+                    }
+                }
+                Some((_, Some(_))) => opts.push(arg.clone()),
+                Some(('F', None)) => return Err(CliError::RelayFdForStaprun),
+                _ => return Err(CliError::UnknownOption(format!("-{long}"))),
+            }
             continue;
         }
         // A cluster of short options.
@@ -740,6 +788,38 @@ mod tests {
         assert_eq!(o.target_cmd.as_deref(), Some("-x"));
         let o = sr(&["-o", "-v", "m.ko"]).unwrap();
         assert_eq!(o.outfile.as_deref(), Some("-v"));
+    }
+
+    #[test]
+    fn long_forms_shown_by_help_are_accepted() {
+        let o = sr(&[
+            "--verbose",
+            "--buffer",
+            "4",
+            "--output=/tmp/f",
+            "--uprobes",
+            "m.ko",
+        ])
+        .unwrap();
+        assert_eq!((o.verbose, o.buffer_size_mb), (1, Some(4)));
+        assert_eq!(o.outfile.as_deref(), Some("/tmp/f"));
+        assert_eq!(o.uprobes, Some(None));
+        assert_eq!(o.module, "m.ko");
+        assert_eq!(
+            sr(&["--relay-fd=3", "m"]).unwrap_err(),
+            CliError::RelayFdForStaprun
+        );
+        assert!(matches!(
+            sr(&["--bogus", "m"]),
+            Err(CliError::UnknownOption(_))
+        ));
+        assert_eq!(sr(&["--buffer"]).unwrap_err(), CliError::MissingValue('b'));
+        assert_eq!(
+            p(Program::Stapio, &["--relay-fd", "3", "m"])
+                .unwrap()
+                .relay_fd,
+            Some(3)
+        );
     }
 
     #[test]

@@ -492,7 +492,9 @@ fn second_load_gives_rename_guidance_and_r_renames() {
     assert!(run.kernel.is_loaded("pmod_long_4242") && run.kernel.is_loaded("pmod_long_name"));
     // As in the C staprun, a name exactly as long as "_<pid>" becomes it.
     tree.module(&tree.blessed(), "abcde", 0o644, 0, 0);
-    let l = run.load(&tree, Class::Stapusr, ALICE, &["-R", "abcde"]).unwrap();
+    let l = run
+        .load(&tree, Class::Stapusr, ALICE, &["-R", "abcde"])
+        .unwrap();
     assert_eq!(l.name.as_str(), "_4242");
     // A name too short to rename: warning, loaded under its own name.
     tree.module(&tree.blessed(), "ab", 0o644, 0, 0);
