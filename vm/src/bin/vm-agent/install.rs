@@ -123,7 +123,7 @@ fn check_audit(r: &mut Reporter, tag: &str, module_path: &Path, denied_path: Opt
     }
     let sha = sha256sum(module_path);
     let load = format!(
-        "LOAD user=\"alice\" uid=1001 class=stapusr module=pmod path=\"{}\" sha256={sha} rule=\"BlessedModule\"",
+        "LOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod path=\"{}\" sha256={sha} rule=\"BlessedModule\"",
         module_path.display()
     );
     let found = lines
@@ -135,7 +135,7 @@ fn check_audit(r: &mut Reporter, tag: &str, module_path: &Path, denied_path: Opt
         format!("want authpriv.notice ... {load}"),
     );
     if let Some(p) = denied_path {
-        let deny = format!("DENY user=\"alice\" uid=1001 class=stapusr path=\"{p}\" reason=");
+        let deny = format!("DENY user=\"alice\" uid=1001 class=\"stapusr\" path=\"{p}\" reason=");
         r.check(
             &format!("{tag}_audit_deny_line"),
             lines
@@ -144,7 +144,7 @@ fn check_audit(r: &mut Reporter, tag: &str, module_path: &Path, denied_path: Opt
             format!("want authpriv.warn ... {deny}\"...\""),
         );
     }
-    let unload = "UNLOAD user=\"alice\" uid=1001 class=stapusr module=pmod";
+    let unload = "UNLOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod";
     r.check(
         &format!("{tag}_audit_unload_line"),
         lines
@@ -449,7 +449,7 @@ pub fn install_prefix(r: &mut Reporter) {
         "prefix_audit_unload_line",
         lines
             .iter()
-            .any(|l| l.ends_with("UNLOAD user=\"alice\" uid=1001 class=stapusr module=pmod")),
+            .any(|l| l.ends_with("UNLOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod")),
         "UNLOAD by /usr/local/bin/staprun -d",
     );
     drop(syslogd);
