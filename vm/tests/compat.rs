@@ -9,6 +9,9 @@
 //!
 //! `STAPRUN_UNDER_TEST=ours|theirs|both` (default both) selects the implementations;
 //! `theirs` checks the tests themselves against the C reference.
+//!
+//! Under `cargo nextest` (one process per test) the first test of a group boots the
+//! whole group and leaves `target/vm-logs/compat-GROUP-RUNID.shared` for the others.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -154,8 +157,21 @@ impl Plan {
         if let Some(b) = boots.get(group) {
             return Arc::clone(b);
         }
+        // nextest runs every test in a process of its own: the first test of a group
+        // boots the whole group and leaves the result for the others of the same run.
+        let shared = std::env::var("NEXTEST_RUN_ID")
+            .ok()
+            .map(|id| vm::log_dir().join(format!("compat-{group}-{id}.shared")));
+        if let Some(b) = shared.as_deref().and_then(load_shared) {
+            let b = Arc::new(b);
+            boots.insert(group, Arc::clone(&b));
+            return b;
+        }
         let t0 = Instant::now();
-        let cases = self.selected.get(group).cloned().unwrap_or_default();
+        let cases = match shared {
+            Some(_) => all_cases(group),
+            None => self.selected.get(group).cloned().unwrap_or_default(),
+        };
         let impls: Vec<&str> = self
             .impls
             .iter()
@@ -185,10 +201,66 @@ impl Plan {
                 t0.elapsed().as_secs_f64()
             ),
         }
+        if let Some(path) = &shared {
+            store_shared(path, &result);
+        }
         let b = Arc::new(result);
         boots.insert(group, Arc::clone(&b));
         b
     }
+}
+
+fn all_cases(group: &str) -> BTreeSet<&'static str> {
+    GROUPS
+        .iter()
+        .find(|(g, _)| *g == group)
+        .map(|(_, cases)| cases.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// Writes where a boot's logs are (or why it failed) for the other test processes.
+fn store_shared(path: &std::path::Path, result: &Result<vm::GuestRun, String>) {
+    let text = match result {
+        Ok(run) => format!(
+            "ok\nresults={}\nconsole={}\nelapsed_ms={}\n",
+            run.results_log.display(),
+            run.console_log.display(),
+            run.elapsed.as_millis()
+        ),
+        Err(e) => format!("err\n{e}"),
+    };
+    let _ = fs::create_dir_all(vm::log_dir());
+    let _ = fs::write(path, text);
+}
+
+fn load_shared(path: &std::path::Path) -> Option<Result<vm::GuestRun, String>> {
+    let text = fs::read_to_string(path).ok()?;
+    if let Some(e) = text.strip_prefix("err\n") {
+        return Some(Err(e.to_owned()));
+    }
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+    };
+    let results_log = std::path::PathBuf::from(get("results")?);
+    let console_log = std::path::PathBuf::from(get("console")?);
+    let elapsed = Duration::from_millis(get("elapsed_ms")?.parse().ok()?);
+    let read = |p: &std::path::Path| {
+        fs::read(p)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    Some(Ok(vm::GuestRun {
+        scenario: path.display().to_string(),
+        console: read(&console_log),
+        results: read(&results_log)
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_owned())
+            .collect(),
+        elapsed,
+        console_log,
+        results_log,
+    }))
 }
 
 fn judge(boot: &Boot, group: &str, case: &str, side: Side) -> Result<(), Failed> {

@@ -235,7 +235,9 @@ fn prompt(user: &User, argv: &[&str]) -> String {
         if user.uid == 0 { "#" } else { "$" },
         argv.iter()
             .map(|a| {
-                if a.is_empty() || a.contains([' ', '"', '\'']) {
+                if a.contains('\'') {
+                    format!("\"{a}\"")
+                } else if a.is_empty() || a.contains([' ', '"']) {
                     format!("'{a}'")
                 } else {
                     (*a).to_owned()
@@ -264,52 +266,101 @@ fn loaded_text(module: &str) -> String {
     }
 }
 
-/// Loaded modules named `module` or `module_<digits>` (renamed with -R).
+/// Loaded modules named `module`, or renamed from it by `-R`.
 fn loaded_like(module: &str) -> Vec<String> {
     util::loaded_modules()
         .into_iter()
-        .filter(|m| {
-            m == module
-                || m.strip_prefix(module)
-                    .and_then(|r| r.strip_prefix('_'))
-                    .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
-        })
+        .filter(|m| m == module || is_renamed(module, m))
         .collect()
 }
 
-/// Replaces what legitimately differs from run to run: process ids (in
-/// `target=N`, renamed modules `NAME_N`, a bare number on a line as printed
-/// by -D), and collapses runs of identical lines (timer output).
+/// `-R` renames NAME in memory to `<first part of NAME>_<pid>`, of NAME's length
+/// (staprun_funcs.c `rename_module`: `"%.*s_%d"`), e.g. ticker -> ti_123.
+fn is_renamed(module: &str, name: &str) -> bool {
+    name.len() == module.len()
+        && name != module
+        && name.rsplit_once('_').is_some_and(|(head, pid)| {
+            !pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()) && module.starts_with(head)
+        })
+}
+
+/// Our messages start with the program name; the C ones do not.
+const PREFIXES: &[&str] = &["staprun: ", "stapio: "];
+/// The hint ours adds after an option error (the C staprun prints its usage text on stdout).
+const USAGE_HINT: &str = "ERROR: Run 'staprun -h' for usage.";
+/// The first line of the C staprun's usage text.
+const C_USAGE_START: &str = " [-v] [-w] [-V] [-h] [-u] [-c cmd ] [-x pid]";
+
+/// Replaces what legitimately differs between runs and the listed wording
+/// differences (docs/compat.md, "Normalization"):
+/// - process ids: `target=N`, a number alone on a line (`-D` prints the daemon's
+///   pid), module names renamed by `-R`;
+/// - timer output: lines `timer probe fired` are dropped (their number depends on timing);
+/// - the `staprun: `/`stapio: ` prefix of our messages, and the final `.` of an
+///   `ERROR:`/`WARNING:` line;
+/// - our `ERROR: Run 'staprun -h' for usage.` hint, and the C usage text (as `<usage>`).
 pub fn normalize(s: &str) -> String {
+    let names = module_names();
     let mut out: Vec<String> = Vec::new();
-    let mut repeat = 0usize;
+    let mut in_usage = false;
     for line in s.lines() {
         let mut l = line.to_owned();
+        for p in PREFIXES {
+            if let Some(rest) = l.strip_prefix(p) {
+                l = rest.to_owned();
+            }
+        }
+        if l.contains(C_USAGE_START) {
+            in_usage = true;
+            out.push("<usage>".into());
+            continue;
+        }
+        if in_usage {
+            continue;
+        }
+        if l == TIMER || l == USAGE_HINT {
+            continue;
+        }
+        if (l.starts_with("ERROR: ") || l.starts_with("WARNING: ")) && l.ends_with('.') {
+            l.pop();
+        }
         if !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()) {
             l = "<N>".into();
         }
         l = replace_numbers_after(&l, "target=");
-        for m in module_names() {
-            l = replace_numbers_after(&l, &format!("{m}_"));
-        }
-        if out.last() == Some(&l) {
-            repeat += 1;
-            continue;
-        }
-        if repeat > 0 {
-            if let Some(last) = out.last_mut() {
-                last.push_str(" (repeated)");
-            }
-            repeat = 0;
-        }
+        l = rename_tokens(&l, &names);
         out.push(l);
     }
-    if repeat > 0 {
-        if let Some(last) = out.last_mut() {
-            last.push_str(" (repeated)");
+    // The C usage text starts with an empty line.
+    if let Some(i) = out.iter().position(|l| l == "<usage>") {
+        if i > 0 && out[i - 1].is_empty() {
+            out.remove(i - 1);
         }
     }
     out.join("\n")
+}
+
+/// Replaces every `-R`-renamed module name in `line` by `<NAME renamed>`.
+fn rename_tokens(line: &str, names: &[String]) -> String {
+    let mut out = String::new();
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        match names.iter().find(|n| is_renamed(n, token)) {
+            Some(n) => out.push_str(&format!("<{n} renamed>")),
+            None => out.push_str(token),
+        }
+        token.clear();
+    };
+    for ch in line.chars() {
+        if ch.is_ascii_alphanumeric() || ch == '_' {
+            token.push(ch);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
 }
 
 fn replace_numbers_after(s: &str, prefix: &str) -> String {
@@ -319,12 +370,8 @@ fn replace_numbers_after(s: &str, prefix: &str) -> String {
         let (head, tail) = rest.split_at(i + prefix.len());
         out.push_str(head);
         let digits = tail.chars().take_while(char::is_ascii_digit).count();
-        // Only whole numbers: `ticker_123` but not `ticker_1abc`.
-        let next = tail[digits..].chars().next();
-        if digits > 0 && !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if digits > 0 {
             out.push_str("<N>");
-        } else {
-            out.push_str(&tail[..digits]);
         }
         rest = &tail[digits..];
     }
@@ -387,16 +434,31 @@ fn unload_all() -> Vec<String> {
     left
 }
 
+/// True while `pid` exists and is not a zombie. A `-D` daemon is reparented
+/// to the agent (PID 1), which does not reap it: a zombie has exited.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+/// Live stapio processes.
+fn live_stapio() -> Vec<u32> {
+    util::pids_named("stapio")
+        .into_iter()
+        .filter(|p| alive(*p))
+        .collect()
+}
+
 /// Kills every stapio still running (a case that failed half-way).
 fn kill_stray_stapio() -> usize {
-    let pids = util::pids_named("stapio");
+    let pids = live_stapio();
     for p in &pids {
         let _ = sys::kill(*p, libc::SIGKILL);
     }
     if !pids.is_empty() {
-        util::wait_until(Duration::from_secs(5), || {
-            util::pids_named("stapio").is_empty()
-        });
+        util::wait_until(Duration::from_secs(5), || live_stapio().is_empty());
     }
     pids.len()
 }
@@ -499,24 +561,37 @@ pub struct Case {
 
 /// A known, explained difference: (case, observation label, reason).
 /// `*` as case or label matches any. docs/compat.md lists the same ones.
-const KNOWN: &[(&str, &str, &str)] = &[];
+const KNOWN: &[(&str, &str, &str)] = &[
+    (
+        "cmdline*",
+        "run.stdout",
+        "D1: after an option error the C staprun prints its whole usage text on stdout; ours prints \
+         `ERROR: Run 'staprun -h' for usage.` on stderr",
+    ),
+    (
+        "cmdline09",
+        "run.error",
+        "D2: wording of the too-long module name error (ours also names the limit)",
+    ),
+];
 
 fn known(case: &str, label: &str) -> Option<&'static str> {
     KNOWN
         .iter()
-        .find(|(c, l, _)| {
-            (*c == "*" || *c == case) && (*l == "*" || *l == label || label_glob(l, label))
-        })
+        .find(|(c, l, _)| glob(c, case) && glob(l, label))
         .map(|(_, _, why)| *why)
 }
 
-/// `prefix*` matches any label starting with prefix; `*suffix` any ending with it.
-fn label_glob(pattern: &str, label: &str) -> bool {
-    if let Some(p) = pattern.strip_suffix('*') {
-        return label.starts_with(p);
+/// `*` matches anything, `prefix*` what starts with prefix, `*suffix` what ends with it.
+fn glob(pattern: &str, s: &str) -> bool {
+    if pattern == "*" || pattern == s {
+        return true;
     }
-    if let Some(s) = pattern.strip_prefix('*') {
-        return label.ends_with(s);
+    if let Some(p) = pattern.strip_suffix('*') {
+        return s.starts_with(p);
+    }
+    if let Some(x) = pattern.strip_prefix('*') {
+        return s.ends_with(x);
     }
     false
 }
@@ -950,7 +1025,7 @@ fn stream_summary(stdout: &str) -> (BTreeMap<u32, (u64, bool)>, usize) {
     (per, other)
 }
 
-const STREAM_COUNT: u64 = 20_000;
+const STREAM_COUNT: u64 = 50_000;
 
 fn stream(c: &mut Ctx) {
     let t0 = Instant::now();
@@ -998,11 +1073,8 @@ fn warn_error(c: &mut Ctx) {
     c.check_eq("warning_one_once", count("WARNING: compat warning one"), 1);
     c.check_eq("warning_two_once", count("WARNING: compat warning two"), 1);
     c.check_eq("error_once", count("ERROR: compat error"), 1);
-    c.check(
-        "stdout",
-        contains_line(&out.stdout, "before error") && contains_line(&out.stdout, END),
-        &out.stdout,
-    );
+    // error() ends the session at once: the end probe does not run.
+    c.check_eq("stdout", out.stdout.as_str(), "before error\n");
 }
 
 pub const RUN_CASES: &[Case] = &[
@@ -1141,18 +1213,24 @@ fn parseko_args(case: &str) -> &'static [&'static str] {
 fn parseko(c: &mut Ctx) {
     let args = parseko_args(c.case);
     let out = c.staprun(&ALICE, args);
-    c.record("run", None, &out);
+    c.observe("run.exit", exit_text(&out));
+    c.observe("run.stdout", normalize(&out.stdout));
+    let error = first_error(&out.stderr);
+    c.observe("run.error", error.clone().unwrap_or_default());
     c.check(
         "exit_nonzero",
         out.code.is_some_and(|x| x != 0),
         out.summary(),
     );
-    c.check(
-        "says_why",
-        !out.stderr.trim().is_empty(),
-        "an error message on stderr",
-    );
-    c.check_eq("no_stdout", out.stdout.as_str(), "");
+    c.check("says_why", error.is_some(), "an ERROR line on stderr");
+}
+
+/// The first `ERROR:` line, normalized, up to the end of its first sentence
+/// (the C staprun explains some option conflicts in a second sentence).
+fn first_error(stderr: &str) -> Option<String> {
+    let n = normalize(stderr);
+    let l = n.lines().find(|l| l.starts_with("ERROR: "))?;
+    Some(l.split(".  ").next().unwrap_or(l).to_owned())
 }
 
 /// testsuite/systemtap.base/helpout.exp: `-V` and `-h` exit 0 with nothing on stderr.
@@ -1228,15 +1306,13 @@ fn attach_detach(c: &mut Ctx) {
     let out = c.staprun(&ROOT, &["-L", &m]);
     c.record("load_L", Some("ticker"), &out);
     c.check("L_exit_0", out.code == Some(0), out.summary());
-    c.check(
-        "L_disconnect",
-        contains_line(&out.stdout, DISCONNECT),
-        &out.stdout,
-    );
+    // The disconnect message goes to stderr (the expect test reads both).
+    let both = format!("{}{}", out.stdout, out.stderr);
+    c.check("L_disconnect", contains_line(&both, DISCONNECT), &both);
     c.check(
         "L_reconnect_hint",
-        contains_line(&out.stdout, &reconnect_line("ticker")),
-        &out.stdout,
+        contains_line(&both, &reconnect_line("ticker")),
+        &both,
     );
     c.check(
         "L_no_begin_output",
@@ -1266,11 +1342,11 @@ fn attach_detach(c: &mut Ctx) {
         &out.stdout,
     );
     c.check("A1_no_end", !out.stdout.contains(END), &out.stdout);
+    let both = format!("{}{}", out.stdout, out.stderr);
     c.check(
         "A1_disconnect",
-        contains_line(&out.stdout, DISCONNECT)
-            && contains_line(&out.stdout, &reconnect_line("ticker")),
-        &out.stdout,
+        contains_line(&both, DISCONNECT) && contains_line(&both, &reconnect_line("ticker")),
+        &both,
     );
     if !c.check(
         "A1_still_loaded",
@@ -1293,8 +1369,8 @@ fn attach_detach(c: &mut Ctx) {
     c.check("A2_end", contains_line(&out.stdout, END), &out.stdout);
     c.check(
         "A2_no_disconnect",
-        !out.stdout.contains(DISCONNECT),
-        &out.stdout,
+        !out.stdout.contains(DISCONNECT) && !out.stderr.contains(DISCONNECT),
+        out.summary(),
     );
     c.check(
         "A2_unloaded",
@@ -1339,11 +1415,15 @@ fn attach_detach_alice(c: &mut Ctx) {
     );
 }
 
+/// pr13158.exp's expect loop: only these two lines (after the listed
+/// normalization: the original regexes are anchored at `^ERROR:`, which our
+/// `staprun: ` prefix would not match; see docs/compat.md, N1).
 fn eexist_lines_only(stderr: &str, stdout: &str) -> bool {
     let mut saw = 0;
-    for l in stderr.lines().chain(stdout.lines()) {
+    let text = format!("{}\n{}", normalize(stderr), normalize(stdout));
+    for l in text.lines().filter(|l| !l.is_empty()) {
         if (l.starts_with("ERROR: Couldn't insert module ") && l.ends_with(": File exists"))
-            || l == "ERROR: Rerun with staprun option '-R' to rename this module."
+            || l == "ERROR: Rerun with staprun option '-R' to rename this module"
         {
             saw += 1;
         } else {
@@ -1400,7 +1480,7 @@ fn rename_module(c: &mut Ctx) {
     let names = loaded_like("ticker");
     c.check(
         "two_renamed_modules",
-        names.len() == 2 && names.iter().all(|n| n.starts_with("ticker_")),
+        names.len() == 2 && names.iter().all(|n| is_renamed("ticker", n)),
         format!("{names:?}"),
     );
     a.signal(libc::SIGINT);
@@ -1435,7 +1515,7 @@ fn rename_module(c: &mut Ctx) {
         out.stderr
             .lines()
             .chain(out.stdout.lines())
-            .any(|l| l.starts_with("WARNING: Old module name")),
+            .any(|l| l.contains("WARNING: Old module name")),
         &out.stderr,
     );
     c.check("short_unloaded", !util::is_loaded("x"), loaded_text("x"));
@@ -1647,7 +1727,7 @@ fn start_daemon(c: &mut Ctx, args: &[&str]) -> Option<u32> {
 fn stop_daemon(c: &mut Ctx, pid: u32, module: &str) {
     let _ = sys::kill(pid, libc::SIGTERM);
     let gone = util::wait_until(Duration::from_secs(20), || {
-        !Path::new(&format!("/proc/{pid}")).exists() && loaded_like(module).is_empty()
+        !alive(pid) && loaded_like(module).is_empty()
     });
     c.check("term_exits_and_unloads", gone, loaded_text(module));
     c.observe("after_term", loaded_text(module));
@@ -1833,7 +1913,9 @@ const FLIGHTREC_CASES: &[Case] = &[
         name: "flightrec3",
         f: flightrec3,
         modules: &["flightb"],
-        c_fails: None,
+        c_fails: Some(
+            "the C stapio lets a bulk-mode -S file grow past the limit by part of a sub-buffer (1051008 > 1048576 bytes)",
+        ),
     },
     Case {
         name: "flightrec4",
