@@ -99,18 +99,23 @@ enum Cmd {
 
 type Result<T> = std::result::Result<T, String>;
 
+/// The guest test binaries of `vm-test`: the scenarios and the attack suite.
+const VM_TESTS: [&str; 4] = ["--test", "vm", "--test", "attacks"];
+
 fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Result<()> {
     let t0 = Instant::now();
     prepare::prepare(opts)?;
     let prep = t0.elapsed();
     let mut cmd = cargo();
     if nextest {
-        cmd.args(["nextest", "run", "-p", "vm", "--test", "vm"]);
+        cmd.args(["nextest", "run", "-p", "vm"]).args(VM_TESTS);
         if !test_args.is_empty() {
             cmd.arg("--").args(test_args);
         }
     } else {
-        cmd.args(["test", "-p", "vm", "--test", "vm", "--"])
+        cmd.args(["test", "-p", "vm"])
+            .args(VM_TESTS)
+            .arg("--")
             .args(test_args);
     }
     eprintln!("xtask: running {cmd:?}");

@@ -5,6 +5,7 @@
 //! (see the `vm` crate docs for the line format), checks that no fixture
 //! module is left loaded, and powers off.
 
+mod attacks;
 mod compat;
 mod install;
 mod product;
@@ -59,6 +60,9 @@ fn main() {
                 std::process::exit(e.raw_os_error().unwrap_or(1));
             }
         }
+    }
+    if args.get(1).map(String::as_str) == Some("--attack") {
+        std::process::exit(attacks::helper(&args[2..]));
     }
     let t0 = Instant::now();
     let problems = setup();

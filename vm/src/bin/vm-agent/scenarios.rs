@@ -20,6 +20,7 @@ fn all() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
         .iter()
         .chain(crate::product::SCENARIOS.iter())
         .chain(crate::compat::SCENARIOS.iter())
+        .chain(crate::attacks::SCENARIOS.iter())
 }
 
 pub fn find(name: &str) -> Option<Scenario> {
