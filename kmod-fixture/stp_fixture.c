@@ -15,6 +15,7 @@
  * The module name is the loaded one (THIS_MODULE->name), so a module
  * renamed in memory by `staprun -R` gets its own directory.
  */
+#include <linux/version.h>
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/init.h>
@@ -75,6 +76,25 @@ enum {
 #define STP_DEFAULT_BUFFERS 256		/* max queued .cmd messages */
 #define STP_CTL_TIMER_INTERVAL ((HZ + 49) / 50)	/* 20 ms */
 #define STP_MAX_RECORD 2048
+
+/*
+ * Kernel API differences between the guest kernels of `cargo xtask matrix`
+ * (Debian 6.1, 6.12 and 7.x; see docs/matrix.md):
+ * - 6.2 renamed del_timer_sync() to timer_delete_sync(); the old name is
+ *   gone in 7.x.
+ * - 6.17 ("relayfs: abolish prev_padding") dropped the last parameter of
+ *   the relay subbuf_start() callback.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
+#define stp_timer_delete_sync timer_delete_sync
+#else
+#define stp_timer_delete_sync del_timer_sync
+#endif
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+#define STP_SUBBUF_START_PREV_PADDING 0
+#else
+#define STP_SUBBUF_START_PREV_PADDING 1
+#endif
 
 struct stp_msg_start {
 	s32 target;
@@ -273,8 +293,13 @@ static void stp_printf(const char *fmt, ...)
 	stp_print(line, n);
 }
 
+#if STP_SUBBUF_START_PREV_PADDING
 static int subbuf_start_cb(struct rchan_buf *buf, void *subbuf,
 			   void *prev_subbuf, size_t prev_padding)
+#else
+static int subbuf_start_cb(struct rchan_buf *buf, void *subbuf,
+			   void *prev_subbuf)
+#endif
 {
 	return overwrite_flag || !relay_buf_full(buf);
 }
@@ -642,7 +667,7 @@ static int cmd_release(struct inode *inode, struct file *file)
 	/* detach: flight-recorder mode unless exiting */
 	if (!READ_ONCE(exit_flag))
 		overwrite_flag = 1;
-	del_timer_sync(&ctl_timer);
+	stp_timer_delete_sync(&ctl_timer);
 	wake_up_interruptible(&ctl_wq);
 	return 0;
 }
