@@ -1,8 +1,9 @@
 //! Host side of the QEMU guest tests: where the prepared artifacts live, how a
 //! guest is booted for one scenario, and how its result channel is judged.
 //!
-//! `cargo xtask vm-prepare` writes `target/vm-cache/vm-test.env`; everything here
-//! starts from that file. The guest agent (`vm-agent`, PID 1 in the initramfs)
+//! `cargo xtask vm-prepare` writes `target/vm-cache/vm-test.env` (the default kernel) and
+//! `vm-test-KV.env` per prepared kernel; everything here starts from one of those files
+//! (`VMTEST_KERNEL` selects another kernel, see [`env_file`]). The guest agent (`vm-agent`, PID 1 in the initramfs)
 //! reports on the second serial port, one line per event:
 //!
 //! ```text
@@ -30,8 +31,64 @@ pub const KERNEL_FAILURE_MARKERS: &[&str] = &[
     "general protection fault",
 ];
 
-/// The file `vm-prepare` writes last, naming the kernel and initramfs.
+/// The file `vm-prepare` writes last for the default guest kernel (Debian bookworm's 6.1),
+/// naming the kernel and initramfs.
 pub const ENV_FILE: &str = "vm-test.env";
+
+/// Selects a guest kernel other than the default: an ABI (`6.12.95+deb12-cloud-amd64`) or a
+/// prefix of one (`6.12`, `7`); the newest prepared match is used (see [`env_file`]).
+pub const KERNEL_VAR: &str = "VMTEST_KERNEL";
+
+/// The per-kernel copy of [`ENV_FILE`] that `vm-prepare` writes for every kernel it prepares.
+pub fn kernel_env_name(kver: &str) -> String {
+    format!("vm-test-{kver}.env")
+}
+
+/// The env file the tests use: [`ENV_FILE`], or with `VMTEST_KERNEL` set, the newest
+/// `vm-test-KV.env` whose KV is that value or starts with it followed by `.`, `-` or `+`
+/// (so `6.1` never selects a 6.12 kernel).
+pub fn env_file() -> Result<PathBuf, String> {
+    let cache = cache_dir();
+    let wanted = std::env::var(KERNEL_VAR).unwrap_or_default();
+    let wanted = wanted.trim().trim_start_matches("linux-image-");
+    if wanted.is_empty() {
+        return Ok(cache.join(ENV_FILE));
+    }
+    let exact = cache.join(kernel_env_name(wanted));
+    if exact.is_file() {
+        return Ok(exact);
+    }
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    let mut prepared = Vec::new();
+    for e in fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(kver) = name
+            .strip_prefix("vm-test-")
+            .and_then(|n| n.strip_suffix(".env"))
+        else {
+            continue;
+        };
+        prepared.push(kver.to_owned());
+        let matches = kver
+            .strip_prefix(wanted)
+            .is_some_and(|rest| rest.starts_with(['.', '-', '+']));
+        if matches {
+            let mtime = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            found.push((mtime, e.path()));
+        }
+    }
+    found.sort();
+    found.pop().map(|(_, p)| p).ok_or_else(|| {
+        prepared.sort();
+        format!(
+            "{KERNEL_VAR}={wanted}: no prepared guest kernel matches (prepared in {}: {prepared:?}): run `cargo xtask vm-prepare --kernel {wanted}`",
+            cache.display()
+        )
+    })
+}
 
 /// Hint printed whenever an artifact is missing.
 pub const PREPARE_HINT: &str =
@@ -75,9 +132,10 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
-    /// Reads `vm-test.env` from the cache and checks that every file exists.
+    /// Reads `vm-test.env` (or, with `VMTEST_KERNEL` set, that kernel's `vm-test-KV.env`) from
+    /// the cache and checks that every file exists.
     pub fn load() -> Result<Self, String> {
-        let env = cache_dir().join(ENV_FILE);
+        let env = env_file()?;
         let text = fs::read_to_string(&env).map_err(|e| {
             format!(
                 "VM artifacts not prepared ({}: {e}): {PREPARE_HINT}",
