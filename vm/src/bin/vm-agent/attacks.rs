@@ -380,10 +380,18 @@ fn exit_code(st: std::process::ExitStatus) -> i32 {
 }
 
 /// Runs `argv` (staprun) as a child and tries PTRACE_ATTACH on it for as
-/// long as it is staprun; after `delay` ms it is also stopped with SIGSTOP,
-/// attached to while stopped, and continued.
+/// long as it is staprun; after `delay` ms (or, with `loaded`, once the
+/// module is loaded) it is also stopped with SIGSTOP, attached to while
+/// stopped, and continued.
 fn ptrace_race(delay: &str, argv: &[&str]) -> i32 {
-    let delay = match millis(delay) {
+    // "loaded": stop it once the module is in the kernel (staprun is then
+    // sending the privileged setup messages); else after DELAY ms.
+    let when_loaded = delay == "loaded";
+    let delay = match if when_loaded {
+        Ok(Duration::ZERO)
+    } else {
+        millis(delay)
+    } {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");
@@ -413,7 +421,7 @@ fn ptrace_race(delay: &str, argv: &[&str]) -> i32 {
         if c != "staprun" {
             continue; // still the forked helper before exec
         }
-        if !stopped && t0.elapsed() >= delay {
+        if !stopped && t0.elapsed() >= delay && (!when_loaded || util::is_loaded("pmod")) {
             stopped = true;
             let _ = sys::kill(pid, libc::SIGSTOP);
             util::wait_until(Duration::from_secs(2), || proc_state(pid) == 'T');
@@ -2087,12 +2095,12 @@ fn process_state(r: &mut Reporter) {
         read_sysctl("/proc/sys/kernel/yama/ptrace_scope")
     ));
     let (mut eperm, mut attempts) = (0, 0);
-    for delay in ["0", "2", "5", "10", "20", "40"] {
+    for delay in ["0", "10", "40", "loaded"] {
         let out = helper_run(
             &ALICE,
             &["ptrace-race", delay, STAPRUN, "pmod", "records=1"],
         );
-        let tag = format!("ptrace_delay_{delay}ms");
+        let tag = format!("ptrace_stop_{delay}");
         r.log(&format!(
             "{tag}: {}",
             out.stdout
@@ -2111,6 +2119,16 @@ fn process_state(r: &mut Reporter) {
             out.code == Some(0) && out.stdout.contains(HELLO) && out.stdout.contains(END),
             out.summary(),
         );
+        if delay == "loaded" {
+            // It was caught between init_module and the privilege drop.
+            r.check(
+                "ptrace_stopped_while_privileged_with_module_loaded",
+                result_field(&out, "stopped_in").is_some_and(|s| {
+                    s.contains("uids=1001,0,0,0") && s.contains("pmod_loaded=true")
+                }),
+                out.summary(),
+            );
+        }
         check_nothing_loaded(r, &tag, &[]);
         eperm += result_num(&out, "eperm");
         attempts += result_num(&out, "attempts");
@@ -2150,7 +2168,7 @@ fn process_state(r: &mut Reporter) {
     // 5. SIGSTOP / SIGCONT at random points of the run.
     let mut rng = Rng::new(r);
     for i in 0..6 {
-        let delay = Duration::from_millis(rng.below(400));
+        let delay = Duration::from_millis(rng.below(1500));
         let running = match util::spawn(command_as(&ALICE, &[STAPRUN, "pmod", "records=1"], &[])) {
             Ok(rn) => rn,
             Err(e) => {
@@ -2266,7 +2284,47 @@ fn faults(r: &mut Reporter) {
                 std::thread::sleep(Duration::from_millis(300));
                 helper_run(&ROOT, &["close-fd", &pid.to_string(), fd])
             });
-            let out = running.wait(Duration::from_secs(30));
+            // If stapio does not end, record where its threads wait.
+            let pid = target.as_ref().map(|(p, _)| *p);
+            if !util::wait_until(Duration::from_secs(20), || {
+                pid.is_none_or(|p| !Path::new(&format!("/proc/{p}/task")).exists())
+            }) && let Some(p) = pid
+            {
+                for t in fs::read_dir(format!("/proc/{p}/task"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let at = |f: &str| {
+                        fs::read_to_string(t.path().join(f))
+                            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                            .unwrap_or_default()
+                    };
+                    r.log(&format!(
+                        "  stapio task {}: {} wchan {} syscall {}",
+                        t.file_name().to_string_lossy(),
+                        at("comm"),
+                        at("wchan"),
+                        at("syscall")
+                    ));
+                }
+                if let Ok(fds) = fs::read_dir(format!("/proc/{p}/fd")) {
+                    let v: Vec<String> = fds
+                        .flatten()
+                        .map(|e| {
+                            format!(
+                                "{}->{}",
+                                e.file_name().to_string_lossy(),
+                                fs::read_link(e.path())
+                                    .map(|l| l.display().to_string())
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    r.log(&format!("  stapio fds: {}", v.join(" ")));
+                }
+            }
+            let out = running.wait(Duration::from_secs(1));
             log_out(
                 r,
                 "alice$ staprun pmod run_ms=100   (root closes stapio's .cmd fd)",
