@@ -3,7 +3,11 @@
 //! - `vm-prepare [--kernel VERSION]`: host tools, guest kernel + headers, fixture
 //!   modules, static staprun/stapio/vm-agent, initramfs (all under target/vm-cache).
 //! - `vm-test [--kernel VERSION] [-- <libtest args>]`: vm-prepare, then
-//!   `cargo test -p vm --test vm`.
+//!   `cargo test -p vm --test vm --test attacks` on that kernel (VERSION: an ABI, or 6.1, 6.12
+//!   or 7 for the newest of bookworm, bookworm-backports, trixie-backports; `VMTEST_KERNEL`
+//!   tells the test binaries which prepared kernel to boot).
+//! - `matrix [--kernels 6.1,6.12,7] [--attacks]`: the guest suite on every kernel, as a table
+//!   (docs/matrix.md).
 //! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
 //! - `test`: rustfmt check, clippy, host tests, VM suite (what `.ci/run` calls).
 //! - `install [--prefix P] [--destdir D] [--layout 755|775]`: staprun 04110 root:stapusr, stapio
@@ -23,6 +27,7 @@ mod cpio;
 mod deb;
 mod dist;
 mod install;
+mod matrix;
 mod prepare;
 
 use std::process::{Command, ExitCode};
@@ -95,6 +100,8 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// The guest suite on every kernel of the matrix (6.1, 6.12, 7.x): a kernel x scenario table.
+    Matrix(matrix::Options),
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -104,9 +111,10 @@ const VM_TESTS: [&str; 4] = ["--test", "vm", "--test", "attacks"];
 
 fn vm_test(opts: &prepare::Options, nextest: bool, test_args: &[String]) -> Result<()> {
     let t0 = Instant::now();
-    prepare::prepare(opts)?;
+    let art = prepare::prepare(opts)?;
     let prep = t0.elapsed();
     let mut cmd = cargo();
+    cmd.env(vm::KERNEL_VAR, &art.kver);
     if nextest {
         cmd.args(["nextest", "run", "-p", "vm"]).args(VM_TESTS);
         if !test_args.is_empty() {
@@ -156,8 +164,7 @@ fn compat_test(opts: &compat::Options, test_args: &[String]) -> Result<()> {
 }
 
 fn demo(opts: &prepare::Options) -> Result<()> {
-    prepare::prepare(opts)?;
-    let art = vm::Artifacts::load()?;
+    let art = prepare::prepare(opts)?;
     let spec = vm::BootSpec::new("demo");
     eprintln!(
         "xtask: booting guest {} ({}) for scenario demo",
@@ -258,6 +265,7 @@ fn main() -> ExitCode {
         Cmd::Dist { prefix } => dist::dist(&dist::Paths::for_prefix(prefix)),
         Cmd::Deb => deb::deb().map(|_| ()),
         Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
+        Cmd::Matrix(opts) => matrix::matrix(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
