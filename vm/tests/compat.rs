@@ -20,70 +20,69 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
-/// Scenario (one guest boot) -> its cases, as known to the guest agent.
+const RUN: &[&str] = &[
+    "hello_root",
+    "hello_alice",
+    "sigint_root",
+    "sigint_alice",
+    "sigterm_alice",
+    "sighup_alice",
+    "system_root",
+    "system_alice",
+    "target_c",
+    "target_c_fails",
+    "target_x",
+    "modargs",
+    "modopt_alice",
+    "global_opt_invalid",
+    "stream",
+    "warn_error",
+];
+const OPTIONS: &[&str] = &[
+    "cmdline09",
+    "cmdline10",
+    "cmdline11",
+    "cmdline12",
+    "cmdline13",
+    "cmdline14",
+    "cmdline16",
+    "cmdline17",
+    "cmdline18",
+    "cmdline19",
+    "cmdline20",
+    "cmdline21",
+    "helpout",
+];
+const LIFECYCLE: &[&str] = &[
+    "attach_detach",
+    "attach_detach_alice",
+    "pr13158",
+    "rename_module",
+    "pr10854",
+    "sigusr2",
+    "sigusr2_bulk",
+    "staprunwait",
+];
+const FLIGHTREC: &[&str] = &[
+    "flightrec1",
+    "flightrec2",
+    "flightrec3",
+    "flightrec4",
+    "flightrec5",
+];
+
+/// Scenario (one guest boot) -> its cases, as known to the guest agent. The
+/// compat5 groups run the same cases on SystemTap 5.1 modules against trixie's
+/// C tools (in a chroot of the guest, /c5).
 const GROUPS: &[(&str, &[&str])] = &[
-    (
-        "compat_run",
-        &[
-            "hello_root",
-            "hello_alice",
-            "sigint_root",
-            "sigint_alice",
-            "sigterm_alice",
-            "sighup_alice",
-            "system_root",
-            "system_alice",
-            "target_c",
-            "target_c_fails",
-            "target_x",
-            "modargs",
-            "modopt_alice",
-            "global_opt_invalid",
-            "stream",
-            "warn_error",
-        ],
-    ),
-    (
-        "compat_options",
-        &[
-            "cmdline09",
-            "cmdline10",
-            "cmdline11",
-            "cmdline12",
-            "cmdline13",
-            "cmdline14",
-            "cmdline16",
-            "cmdline17",
-            "cmdline18",
-            "cmdline19",
-            "cmdline20",
-            "cmdline21",
-            "helpout",
-        ],
-    ),
-    (
-        "compat_lifecycle",
-        &[
-            "attach_detach",
-            "attach_detach_alice",
-            "pr13158",
-            "rename_module",
-            "pr10854",
-            "sigusr2",
-            "sigusr2_bulk",
-            "staprunwait",
-        ],
-    ),
-    (
-        "compat_flightrec",
-        &[
-            "flightrec1",
-            "flightrec2",
-            "flightrec3",
-            "flightrec4",
-            "flightrec5",
-        ],
-    ),
+    ("compat_run", RUN),
+    ("compat_options", OPTIONS),
+    ("compat_lifecycle", LIFECYCLE),
+    ("compat_flightrec", FLIGHTREC),
+    ("compat5_run", RUN),
+    ("compat5_options", OPTIONS),
+    ("compat5_lifecycle", LIFECYCLE),
+    ("compat5_flightrec", FLIGHTREC),
 ];
 
 const COMPAT_ENV: &str = "compat.env";

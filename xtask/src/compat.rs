@@ -53,6 +53,9 @@ const JOBS: usize = 2;
 pub struct Options {
     #[command(flatten)]
     pub vm: prepare::Options,
+    /// Leave out the SystemTap 5.x generation (trixie chroot, /c5 in the guest).
+    #[arg(long)]
+    pub no_stap5: bool,
 }
 
 /// One module to build: `// compat-build: NAME [OPTIONS...]` in a compat/*.stp script
@@ -281,9 +284,18 @@ fn runtime(cache: &Path, kver: &str, version: &str) -> Result<(PathBuf, String)>
     Ok((dir, key))
 }
 
+/// Which `stap` builds the modules.
+#[derive(Clone, Debug)]
+enum Translator {
+    /// The host's (bookworm, 4.8) with this runtime directory (`stap -R`).
+    Host { runtime: PathBuf },
+    /// The one installed in a chroot (trixie, 5.x), with its own runtime.
+    Chroot { root: PathBuf },
+}
+
 struct BuildEnv {
     kver: String,
-    runtime: PathBuf,
+    translator: Translator,
     /// Everything but the script that a module depends on.
     key_base: Vec<u8>,
     out_dir: PathBuf,
@@ -306,15 +318,55 @@ fn build_one(env: &BuildEnv, b: &Build, dest: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     mkdir(&work)?;
     let t0 = Instant::now();
-    let out = Command::new("stap")
-        .args(["-p4", "-r", &env.kver])
-        .arg("-R")
-        .arg(&env.runtime)
-        .args(["-m", &b.name])
-        .args(&b.options)
-        .arg(&b.script)
-        .env("SYSTEMTAP_DIR", &env.home)
-        .current_dir(&work)
+    let mut cmd = match &env.translator {
+        Translator::Host { runtime } => {
+            let mut c = Command::new("stap");
+            c.args(["-p4", "-r", &env.kver])
+                .arg("-R")
+                .arg(runtime)
+                .args(["-m", &b.name])
+                .args(&b.options)
+                .arg(&b.script)
+                .env("SYSTEMTAP_DIR", &env.home)
+                .current_dir(&work);
+            c
+        }
+        Translator::Chroot { root } => {
+            // The script is copied in; paths below are the chroot's.
+            fs::copy(&b.script, work.join("script.stp"))
+                .map_err(|e| format!("copy {}: {e}", b.script.display()))?;
+            let inner = |p: &Path| -> Result<String> {
+                p.strip_prefix(root)
+                    .map(|r| format!("/{}", r.display()))
+                    .map_err(|_| format!("{} is outside {}", p.display(), root.display()))
+            };
+            let mut line = format!(
+                "cd {} && exec stap -p4 -r {} -m {}",
+                inner(&work)?,
+                env.kver,
+                b.name
+            );
+            for o in &b.options {
+                if o.contains('\'') {
+                    return Err(format!("{}: option {o:?} has a quote", b.script.display()));
+                }
+                line.push_str(&format!(" '{o}'"));
+            }
+            line.push_str(" script.stp");
+            let mut c = Command::new("chroot");
+            c.arg(root)
+                .args([
+                    "/usr/bin/env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root",
+                ])
+                .arg(format!("SYSTEMTAP_DIR={}", inner(&env.home)?))
+                .args(["/bin/sh", "-c", &line]);
+            c
+        }
+    };
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run stap: {e}"))?;
@@ -342,11 +394,12 @@ fn build_one(env: &BuildEnv, b: &Build, dest: &Path) -> Result<()> {
 }
 
 /// Builds (or finds in the cache) every module; returns name -> .ko path.
+/// `runtime_key` identifies the runtime (patch) the translator uses.
 fn modules(
     cache: &Path,
     kver: &str,
     stap_line: &str,
-    runtime: &Path,
+    translator: Translator,
     runtime_key: &str,
 ) -> Result<BTreeMap<String, PathBuf>> {
     let stap = cache.join("stap");
@@ -357,13 +410,21 @@ fn modules(
         .add(runtime_key.as_bytes())
         .add(kver.as_bytes())
         .add(&read(&symvers)?);
+    let (out_dir, home, work) = match &translator {
+        Translator::Host { .. } => (stap.join(kver), stap.join("home"), stap.join("work")),
+        Translator::Chroot { root } => (
+            stap.join(kver).join("stap5"),
+            root.join("stap-home"),
+            root.join("work"),
+        ),
+    };
     let env = BuildEnv {
         kver: kver.to_owned(),
-        runtime: runtime.to_path_buf(),
+        translator,
         key_base: base.hex().into_bytes(),
-        out_dir: stap.join(kver),
-        home: stap.join("home"),
-        work: stap.join("work"),
+        out_dir,
+        home,
+        work,
     };
     for d in [&env.out_dir, &env.home, &env.work] {
         mkdir(d)?;
@@ -420,13 +481,17 @@ fn modules(
     Ok(result)
 }
 
-/// The C reference: Debian's systemtap-runtime of the same version as the translator.
-struct CRef {
+/// The C staprun/stapio of one generation: host paths of their files, and the
+/// shared libraries they need as (path in the guest, host file).
+struct CTools {
     version: String,
-    root: PathBuf,
+    staprun: PathBuf,
+    stapio: PathBuf,
+    libs: Vec<(String, PathBuf)>,
 }
 
-fn c_reference(apt: &mut Apt, cache: &Path) -> Result<CRef> {
+/// The 4.x reference: Debian bookworm's systemtap-runtime, of the host translator's version.
+fn c_reference(apt: &mut Apt, cache: &Path) -> Result<CTools> {
     let version =
         output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "systemtap-runtime"]))
             .map(|s| s.trim().to_owned())
@@ -436,53 +501,64 @@ fn c_reference(apt: &mut Apt, cache: &Path) -> Result<CRef> {
     let root = cache.join("compat").join(format!("c-{version}"));
     let staprun = root.join("usr/bin/staprun");
     let stapio = root.join(C_STAPIO);
-    if staprun.is_file() && stapio.is_file() {
-        return Ok(CRef { version, root });
-    }
-    let debs = cache.join("debs");
-    mkdir(&debs)?;
-    let file_version = version.replace(':', "%3a");
-    let deb = debs.join(format!("systemtap-runtime_{file_version}_amd64.deb"));
-    if !deb.is_file() {
-        let pkg = format!("systemtap-runtime={version}");
-        let download = || {
-            output(
-                Command::new("apt-get")
-                    .args(["download", "-q", &pkg])
-                    .current_dir(&debs),
-            )
-        };
-        if download().is_err() {
-            apt.update()?;
-            download()?;
+    if !(staprun.is_file() && stapio.is_file()) {
+        let debs = cache.join("debs");
+        mkdir(&debs)?;
+        let file_version = version.replace(':', "%3a");
+        let deb = debs.join(format!("systemtap-runtime_{file_version}_amd64.deb"));
+        if !deb.is_file() {
+            let pkg = format!("systemtap-runtime={version}");
+            let download = || {
+                output(
+                    Command::new("apt-get")
+                        .args(["download", "-q", &pkg])
+                        .current_dir(&debs),
+                )
+            };
+            if download().is_err() {
+                apt.update()?;
+                download()?;
+            }
+        }
+        if !deb.is_file() {
+            return Err(format!("apt-get download left no {}", deb.display()));
+        }
+        let tmp = cache.join("compat").join(format!(".c-{version}.tmp"));
+        let _ = fs::remove_dir_all(&tmp);
+        mkdir(&tmp)?;
+        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        // dpkg-deb -x keeps the set-user-ID bit: the host copy must not be a setuid binary.
+        status(
+            Command::new("chmod")
+                .arg("0755")
+                .arg(tmp.join("usr/bin/staprun")),
+        )?;
+        let _ = fs::remove_dir_all(&root);
+        fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
+        for p in [&staprun, &stapio] {
+            if !p.is_file() {
+                return Err(format!("{} has no {}", deb.display(), p.display()));
+            }
         }
     }
-    if !deb.is_file() {
-        return Err(format!("apt-get download left no {}", deb.display()));
-    }
-    let tmp = cache.join("compat").join(format!(".c-{version}.tmp"));
-    let _ = fs::remove_dir_all(&tmp);
-    mkdir(&tmp)?;
-    output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-    // dpkg-deb -x keeps the set-user-ID bit: the host copy must not be a setuid binary.
-    status(
-        Command::new("chmod")
-            .arg("0755")
-            .arg(tmp.join("usr/bin/staprun")),
-    )?;
-    let _ = fs::remove_dir_all(&root);
-    fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
-    for p in [&staprun, &stapio] {
-        if !p.is_file() {
-            return Err(format!("{} has no {}", deb.display(), p.display()));
+    let mut libs = Vec::new();
+    for bin in [&staprun, &stapio] {
+        let text = output(Command::new("ldd").arg(bin))?;
+        for lib in ldd_paths(&text, bin)? {
+            let file = PathBuf::from(&lib);
+            libs.push((lib, file));
         }
     }
-    Ok(CRef { version, root })
+    Ok(CTools {
+        version,
+        staprun,
+        stapio,
+        libs,
+    })
 }
 
-/// Shared objects `ldd` names for `bin` (the program interpreter included).
-fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
-    let text = output(Command::new("ldd").arg(bin))?;
+/// Paths `ldd` names (the program interpreter included).
+fn ldd_paths(text: &str, bin: &Path) -> Result<Vec<String>> {
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.contains("not found") {
@@ -496,16 +572,48 @@ fn shared_libs(bin: &Path) -> Result<Vec<PathBuf>> {
             None => line.split(" (").next().unwrap_or("").trim(),
         };
         if path.starts_with('/') {
-            libs.push(PathBuf::from(path));
+            libs.push(path.to_owned());
         }
     }
     Ok(libs)
 }
 
+/// The file `path` names inside `root`, following symbolic links as if `root` were `/`.
+fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
+    let mut p = PathBuf::from(path);
+    for _ in 0..40 {
+        let rel = p.strip_prefix("/").unwrap_or(&p).to_path_buf();
+        let host = root.join(&rel);
+        let meta = fs::symlink_metadata(&host)
+            .map_err(|e| format!("{} in {}: {e}", p.display(), root.display()))?;
+        if !meta.file_type().is_symlink() {
+            return Ok(host);
+        }
+        let target =
+            fs::read_link(&host).map_err(|e| format!("readlink {}: {e}", host.display()))?;
+        p = if target.is_absolute() {
+            target
+        } else {
+            Path::new("/")
+                .join(rel.parent().unwrap_or(Path::new("")))
+                .join(target)
+        };
+    }
+    Err(format!(
+        "{path}: too many symbolic links in {}",
+        root.display()
+    ))
+}
+
 const MULTIARCH: &str = "lib/x86_64-linux-gnu";
 
-fn extra_entries(c: &CRef, mods: &BTreeMap<String, PathBuf>) -> Result<Vec<Entry>> {
-    let mut e = Vec::new();
+/// The C tools, their libraries and the modules, under `prefix` ("" or "c5/") in the guest.
+fn c_tools_entries(
+    prefix: &str,
+    c: &CTools,
+    mods: &BTreeMap<String, PathBuf>,
+    e: &mut Vec<Entry>,
+) -> Result<()> {
     for d in [
         "compat",
         "compat/mods",
@@ -517,17 +625,22 @@ fn extra_entries(c: &CRef, mods: &BTreeMap<String, PathBuf>) -> Result<Vec<Entry
         MULTIARCH,
         "lib64",
     ] {
-        e.push(Entry::dir(d, 0o755));
+        e.push(Entry::dir(&format!("{prefix}{d}"), 0o755));
     }
-    let staprun = c.root.join("usr/bin/staprun");
-    let stapio = c.root.join(C_STAPIO);
-    e.push(Entry::file(C_STAPRUN, 0o4110, read(&staprun)?).owner(0, STAPUSR));
-    e.push(Entry::file(C_STAPIO, 0o755, read(&stapio)?));
-    let mut libs = std::collections::BTreeSet::new();
-    for bin in [&staprun, &stapio] {
-        libs.extend(shared_libs(bin)?);
-    }
-    for lib in libs {
+    e.push(
+        Entry::file(&format!("{prefix}{C_STAPRUN}"), 0o4110, read(&c.staprun)?).owner(0, STAPUSR),
+    );
+    e.push(Entry::file(
+        &format!("{prefix}{C_STAPIO}"),
+        0o755,
+        read(&c.stapio)?,
+    ));
+    let mut seen = std::collections::BTreeSet::new();
+    for (lib, file) in &c.libs {
+        if !seen.insert(lib.clone()) {
+            continue;
+        }
+        let lib = Path::new(lib);
         let name = lib
             .file_name()
             .and_then(|n| n.to_str())
@@ -548,23 +661,234 @@ fn extra_entries(c: &CRef, mods: &BTreeMap<String, PathBuf>) -> Result<Vec<Entry
         let target = format!("{MULTIARCH}/{name}");
         if dir == "/lib64" {
             e.push(Entry::symlink(
-                &format!("lib64/{name}"),
+                &format!("{prefix}lib64/{name}"),
                 &format!("/{target}"),
             ));
         }
-        e.push(Entry::file(&target, 0o755, read(&lib)?));
+        e.push(Entry::file(
+            &format!("{prefix}{target}"),
+            0o755,
+            read(file)?,
+        ));
     }
     for (name, path) in mods {
         e.push(Entry::file(
-            &format!("compat/mods/{name}.ko"),
+            &format!("{prefix}compat/mods/{name}.ko"),
             0o644,
             read(path)?,
         ));
     }
-    // The same library can be named twice (interpreter and dependency): keep the first.
-    let mut seen = std::collections::BTreeSet::new();
-    e.retain(|x| seen.insert(x.path.clone()));
-    Ok(e)
+    // A library named both as interpreter and as a dependency: keep the first.
+    let mut paths = std::collections::BTreeSet::new();
+    e.retain(|x| paths.insert(x.path.clone()));
+    Ok(())
+}
+
+/// Mount points of the /c5 tree: the guest bind-mounts the outer ones there and chroots.
+const C5_MOUNTS: &[&str] = &[
+    "bin",
+    "sbin",
+    "etc",
+    "usr/bin",
+    "usr/sbin",
+    "usr/libexec",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "home",
+    "root",
+];
+
+fn c5_entries(c: &CTools, mods: &BTreeMap<String, PathBuf>, e: &mut Vec<Entry>) -> Result<()> {
+    for d in ["c5", "c5/usr", "c5/usr/lib", "c5/lib", "c5/lib/modules"] {
+        e.push(Entry::dir(d, 0o755));
+    }
+    for d in C5_MOUNTS {
+        e.push(Entry::dir(&format!("c5/{d}"), 0o755));
+    }
+    c_tools_entries("c5/", c, mods, e)
+}
+
+/// What `--include` puts in the trixie chroot: the 5.x translator and the
+/// compiler the bookworm kernel headers name (`CC = gcc-12`).
+const TRIXIE_PACKAGES: &str = "systemtap,gcc-12,make";
+const TRIXIE_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// The SystemTap 5.x generation: translator, modules and C tools from trixie.
+struct Stap5 {
+    version: String,
+    mods: BTreeMap<String, PathBuf>,
+    c: CTools,
+}
+
+/// target/vm-cache/trixie-root: `debootstrap --variant=minbase` of trixie.
+fn trixie_root(apt: &mut Apt, cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("trixie-root");
+    let marker = root.join(".compat-ok");
+    if fs::read_to_string(&marker).is_ok_and(|m| m.trim() == TRIXIE_PACKAGES) {
+        return Ok(root);
+    }
+    if vm::which("debootstrap").is_none() {
+        apt.install(&["debootstrap".to_owned()], "debootstrap missing")?;
+    }
+    let mirror = std::env::var("COMPAT_TRIXIE_MIRROR").unwrap_or_else(|_| TRIXIE_MIRROR.to_owned());
+    let tmp = cache.join("trixie-root.tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    eprintln!(
+        "xtask: debootstrap --variant=minbase --include={TRIXIE_PACKAGES} trixie {} {mirror} (about a minute)",
+        tmp.display()
+    );
+    output(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={TRIXIE_PACKAGES}")])
+            .arg("trixie")
+            .arg(&tmp)
+            .arg(&mirror),
+    )?;
+    fs::write(tmp.join(".compat-ok"), TRIXIE_PACKAGES).map_err(|e| format!("write marker: {e}"))?;
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
+    Ok(root)
+}
+
+/// Copies the guest kernel's headers (build, source and kbuild trees, at their
+/// own absolute paths) and the /lib/modules/KVER links into the chroot.
+fn trixie_headers(root: &Path, kver: &str) -> Result<()> {
+    let modules = PathBuf::from(format!("/lib/modules/{kver}"));
+    let canon = |p: &Path| fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let build = canon(&modules.join("build"))?;
+    let source = canon(&modules.join("source"))?;
+    let kbuild = canon(&build.join("scripts"))?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("kbuild scripts have no parent")?;
+    let key = Fnv::new()
+        .add(&read(&build.join("Module.symvers"))?)
+        .add(build.to_string_lossy().as_bytes())
+        .hex();
+    let marker = root.join(format!(".headers-{kver}"));
+    if fs::read_to_string(&marker).is_ok_and(|m| m == key) {
+        return Ok(());
+    }
+    for dir in [&build, &source, &kbuild] {
+        let rel = dir.strip_prefix("/").unwrap_or(dir);
+        let dest = root.join(rel);
+        let _ = fs::remove_dir_all(&dest);
+        let parent = dest.parent().ok_or("no parent")?;
+        mkdir(parent)?;
+        status(Command::new("cp").arg("-a").arg(dir).arg(parent))?;
+    }
+    let links = resolve_dir_in_root(root, &format!("/lib/modules/{kver}"))?;
+    mkdir(&links)?;
+    for (name, target) in [("build", &build), ("source", &source)] {
+        let l = links.join(name);
+        let _ = fs::remove_file(&l);
+        std::os::unix::fs::symlink(target, &l)
+            .map_err(|e| format!("symlink {}: {e}", l.display()))?;
+    }
+    fs::write(&marker, key).map_err(|e| format!("write {}: {e}", marker.display()))
+}
+
+/// A directory path inside `root` that may not exist yet, with the existing
+/// leading part resolved as `resolve_in_root` does (trixie's /lib is a link to usr/lib).
+fn resolve_dir_in_root(root: &Path, path: &str) -> Result<PathBuf> {
+    let mut head = PathBuf::from("/");
+    let mut rest = Vec::new();
+    let p = Path::new(path);
+    for c in p.components().skip(1) {
+        rest.push(c.as_os_str().to_owned());
+    }
+    let mut resolved = root.to_path_buf();
+    while let Some(c) = (!rest.is_empty()).then(|| rest.remove(0)) {
+        head.push(&c);
+        match resolve_in_root(root, &head.to_string_lossy()) {
+            Ok(h) => resolved = h,
+            Err(_) => {
+                resolved.push(&c);
+                for r in &rest {
+                    resolved.push(r);
+                }
+                return Ok(resolved);
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+fn stap5(apt: &mut Apt, cache: &Path, kver: &str) -> Result<Stap5> {
+    let root = step("trixie chroot", || trixie_root(apt, cache))?;
+    step("kernel headers in the chroot", || {
+        trixie_headers(&root, kver)
+    })?;
+    let out = Command::new("chroot")
+        .arg(&root)
+        .args(["stap", "-V"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run chroot stap -V: {e}"))?;
+    // 4.8 prints this on stderr, 5.1 on stdout.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = text.lines().next().unwrap_or_default().trim().to_owned();
+    let version = line
+        .split("(version ")
+        .nth(1)
+        .and_then(|r| r.split(['/', ',', ')']).next())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("cannot parse the chroot's `stap -V`: {line:?}"))?;
+    eprintln!("xtask: chroot: {line}");
+    if !version.starts_with('5') {
+        return Err(format!(
+            "the trixie chroot has SystemTap {version}, not 5.x"
+        ));
+    }
+    let runtime = root.join("usr/share/systemtap/runtime");
+    if needs_task_work_patch(kver, &runtime)? {
+        return Err(format!(
+            "SystemTap {version}'s runtime does not call task_work_cancel_func, which {kver} needs"
+        ));
+    }
+    let mods = step("SystemTap 5.x modules", || {
+        modules(
+            cache,
+            kver,
+            &line,
+            Translator::Chroot { root: root.clone() },
+            "trixie",
+        )
+    })?;
+    let c_version = output(Command::new("chroot").arg(&root).args([
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${Version}",
+        "systemtap-runtime",
+    ]))?
+    .trim()
+    .to_owned();
+    let mut libs = Vec::new();
+    for bin in ["/usr/bin/staprun", "/usr/lib/systemtap/stapio"] {
+        let text = output(Command::new("chroot").arg(&root).args(["ldd", bin]))?;
+        for lib in ldd_paths(&text, Path::new(bin))? {
+            let file = resolve_in_root(&root, &lib)?;
+            libs.push((lib, file));
+        }
+    }
+    Ok(Stap5 {
+        version,
+        mods,
+        c: CTools {
+            version: c_version,
+            staprun: resolve_in_root(&root, "/usr/bin/staprun")?,
+            stapio: resolve_in_root(&root, "/usr/lib/systemtap/stapio")?,
+            libs,
+        },
+    })
 }
 
 fn image(base: &Path, extras: &[Entry], out: &Path) -> Result<()> {
@@ -588,23 +912,47 @@ pub fn prepare(opts: &Options) -> Result<()> {
     eprintln!("xtask: {line}");
     let (rt, rt_key) = step("SystemTap runtime", || runtime(&cache, &art.kver, &version))?;
     let mods = step("SystemTap modules", || {
-        modules(&cache, &art.kver, &line, &rt, &rt_key)
+        modules(
+            &cache,
+            &art.kver,
+            &line,
+            Translator::Host {
+                runtime: rt.clone(),
+            },
+            &rt_key,
+        )
     })?;
     let c = step("C staprun/stapio", || c_reference(&mut apt, &cache))?;
+    let five = if opts.no_stap5 {
+        None
+    } else {
+        Some(stap5(&mut apt, &cache, &art.kver)?)
+    };
     let dir = cache.join("compat");
     mkdir(&dir)?;
     let initrd = dir.join(format!("initramfs-compat-{}.cpio", art.kver));
     step("compat initramfs", || {
-        let extras = extra_entries(&c, &mods)?;
+        let mut extras = Vec::new();
+        c_tools_entries("", &c, &mods, &mut extras)?;
+        if let Some(f) = &five {
+            c5_entries(&f.c, &f.mods, &mut extras)?;
+        }
         image(&art.initrd, &extras, &initrd)
     })?;
     let names: Vec<&str> = mods.keys().map(String::as_str).collect();
-    let env = format!(
+    let mut env = format!(
         "initrd={}\nmodules={}\nstap={version}\nc_version={}\n",
         initrd.display(),
         names.join(","),
         c.version
     );
+    match &five {
+        Some(f) => env.push_str(&format!(
+            "stap5={}\nc5_version={}\n",
+            f.version, f.c.version
+        )),
+        None => env.push_str("stap5=no\n"),
+    }
     let env_path = cache.join(ENV_FILE);
     fs::write(&env_path, env).map_err(|e| format!("write {}: {e}", env_path.display()))?;
     eprintln!(
