@@ -1820,6 +1820,10 @@ fn module_paths(r: &mut Reporter) {
             "/proc/self/fd/3/pmod.ko",
         ),
     ];
+    // devtmpfs has no /dev/fd; make the usual link.
+    if !Path::new("/dev/fd").exists() {
+        let _ = symlink("/proc/self/fd", "/dev/fd");
+    }
     let p = Path::new("/home/alice/p");
     let _ = fs::remove_dir_all(p);
     let setup = mkdir(p, 0o755, ALICE.uid, ALICE.gid)
@@ -1874,6 +1878,16 @@ fn module_paths(r: &mut Reporter) {
         }
         r.check(&format!("mkfifo_{f}"), made.code == Some(0), made.summary());
     }
+    // The probe itself sees a reader (a control run).
+    let (_, seen) = fifo_reader_seen(&fifos[0], || {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifos[0]);
+        std::thread::sleep(Duration::from_millis(100));
+        drop(f);
+    });
+    r.check("fifo_probe_sees_a_reader", seen, "control run");
     let cases: Vec<(&str, User, String)> = vec![
         ("alice_fifo_elsewhere", ALICE, fifos[0].clone()),
         ("bob_fifo_elsewhere", BOB, fifos[0].clone()),
@@ -2569,13 +2583,21 @@ fn overrun_while_stopped(r: &mut Reporter) {
     );
     r.check(
         "overrun_run_ends_normally",
-        ended && status.and_then(|s| s.code()) == Some(0) && text.trim_end().ends_with(END),
+        ended && status.and_then(|s| s.code()) == Some(0) && text.starts_with(HELLO),
         format!("status {status:?}, tail {:?}", tail(&text, 200)),
     );
+    // The end line itself may be lost (written while the buffers are still
+    // full); the count covers the gaps up to the last record delivered.
     let s = seqs(&text);
     let ncpu = crate::num_cpus() as u64;
     let total = 2 + 3000 * ncpu;
-    let delivered = s.len() as u64 + 2;
+    let with_end = text.trim_end().ends_with(END);
+    let delivered = s.len() as u64 + 1 + u64::from(with_end);
+    let last = if with_end {
+        total
+    } else {
+        s.iter().copied().max().unwrap_or(1)
+    };
     let lost = stderr
         .lines()
         .find(|l| l.contains("lost messages"))
@@ -2592,7 +2614,9 @@ fn overrun_while_stopped(r: &mut Reporter) {
     );
     r.check(
         "overrun_loss_reported_and_counted",
-        delivered < total && lost == Some(total - delivered),
-        format!("{delivered} of {total} records delivered; warning says {lost:?} lost; stderr {stderr:?}"),
+        delivered < total && lost == Some(last.saturating_sub(delivered)),
+        format!(
+            "{delivered} of {total} records delivered (end line {with_end}, last seq {last}); warning says {lost:?} lost; stderr {stderr:?}"
+        ),
     );
 }
