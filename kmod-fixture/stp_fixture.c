@@ -84,6 +84,8 @@ enum {
  *   gone in 7.x.
  * - 6.17 ("relayfs: abolish prev_padding") dropped the last parameter of
  *   the relay subbuf_start() callback.
+ * - 6.17 added WQ_PERCPU; 7.x warns (a WARNING with a backtrace) when
+ *   alloc_workqueue() gets neither WQ_PERCPU nor WQ_UNBOUND.
  */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
 #define stp_timer_delete_sync timer_delete_sync
@@ -92,8 +94,10 @@ enum {
 #endif
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
 #define STP_SUBBUF_START_PREV_PADDING 0
+#define STP_WQ_PERCPU WQ_PERCPU
 #else
 #define STP_SUBBUF_START_PREV_PADDING 1
+#define STP_WQ_PERCPU 0
 #endif
 
 struct stp_msg_start {
@@ -764,7 +768,7 @@ static int __init stp_fixture_init(void)
 	if (_stp_bufsize > 0)
 		nsubbufs = (unsigned)((long)_stp_bufsize * 1024 * 1024 / subbuf_size);
 
-	wq = alloc_workqueue("%s", 0, 0, KBUILD_MODNAME);
+	wq = alloc_workqueue("%s", STP_WQ_PERCPU, 0, KBUILD_MODNAME);	/* work is queued per CPU */
 	cpu_work = alloc_percpu(struct work_struct);
 	relay_files = kcalloc(nr_cpu_ids, sizeof(*relay_files), GFP_KERNEL);
 	if (!wq || !cpu_work || !relay_files) {

@@ -29,6 +29,8 @@ pub const KERNEL_FAILURE_MARKERS: &[&str] = &[
     "Oops",
     "WARNING: CPU:",
     "general protection fault",
+    // Printed before every WARN and BUG report; 7.x's WARN line no longer reads "WARNING: CPU:".
+    "[ cut here ]",
 ];
 
 /// The file `vm-prepare` writes last for the default guest kernel (Debian bookworm's 6.1),
@@ -127,6 +129,8 @@ pub struct Artifacts {
     pub initrd: PathBuf,
     /// `tcg` or `kvm`
     pub accel: String,
+    /// The QEMU CPU model under TCG (`cpu=` in the env file; default `max`).
+    pub cpu: String,
     /// False when prepared with `--infra-only` (no staprun/stapio in the image).
     pub product: bool,
 }
@@ -153,6 +157,7 @@ impl Artifacts {
             kernel: PathBuf::from(get("kernel")?),
             initrd: PathBuf::from(get("initrd")?),
             accel: get("accel").unwrap_or_else(|_| "tcg".into()),
+            cpu: get("cpu").unwrap_or_else(|_| "max".into()),
             product: get("product").map(|p| p != "no").unwrap_or(true),
         };
         for p in [&art.kernel, &art.initrd] {
@@ -332,7 +337,7 @@ pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
     if art.accel == "kvm" {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
-        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+        cmd.args(["-accel", "tcg", "-cpu", &art.cpu]);
     }
     cmd.args([
         "-smp",
