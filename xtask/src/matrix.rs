@@ -51,6 +51,8 @@ struct Variant {
     append: &'static str,
     /// staprun's stderr must contain one of these.
     expect: &'static [&'static str],
+    /// The kernel's own report of the refusal, on the console.
+    console: &'static str,
 }
 
 const VARIANTS: &[Variant] = &[
@@ -58,11 +60,13 @@ const VARIANTS: &[Variant] = &[
         name: "variant sig_enforce: demo + module.sig_enforce=1",
         append: "module.sig_enforce=1",
         expect: &["Key was rejected by service"],
+        console: "Loading of unsigned module is rejected",
     },
     Variant {
         name: "variant lockdown: demo + lockdown=integrity",
         append: "lockdown=integrity",
         expect: &["Operation not permitted", "lockdown", "Key was rejected"],
+        console: "unsigned module loading is restricted",
     },
 ];
 
@@ -180,14 +184,12 @@ fn parse_libtest(stdout: &str) -> Vec<(String, Outcome)> {
 /// target/vm-logs/matrix-KV-BIN.log, its stderr (progress lines) goes to the terminal.
 fn run_binary(bin: &str, kver: &str, test_args: &[String]) -> Result<Vec<(String, Outcome)>> {
     let mut cmd = crate::cargo();
-    cmd.args([
-        "test", "-q", "-p", "vm", "--test", bin, "--", "--color", "never",
-    ])
-    .args(test_args)
-    .env(vm::KERNEL_VAR, kver)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.args(["test", "-p", "vm", "--test", bin, "--", "--color", "never"])
+        .args(test_args)
+        .env(vm::KERNEL_VAR, kver)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     eprintln!("xtask: matrix: {kver}: running {cmd:?}");
     let out = cmd
         .output()
@@ -216,6 +218,17 @@ fn run_variant(art: &vm::Artifacts, v: &Variant) -> Outcome {
         Ok(run) => run,
         Err(e) => return Outcome::Fail(reason(&e)),
     };
+    // vm::boot names its logs after the scenario and this process: keep a copy per variant.
+    let tag = v.append.split('=').next().unwrap_or("variant");
+    for (from, ext) in [
+        (&run.console_log, "console.log"),
+        (&run.results_log, "results.log"),
+    ] {
+        let _ = fs::copy(
+            from,
+            vm::log_dir().join(format!("matrix-{}-{tag}.{ext}", art.kver)),
+        );
+    }
     let verdict = run.verdict();
     let logs: Vec<&str> = run
         .events()
@@ -262,6 +275,11 @@ fn run_variant(art: &vm::Artifacts, v: &Variant) -> Outcome {
         || !passed.contains(&"no_module_left_loaded")
     {
         Some(format!("module left loaded (passed checks: {passed:?})"))
+    } else if !run.console.contains(v.console) {
+        Some(format!(
+            "the kernel did not report {:?}: was `{}` in effect?",
+            v.console, v.append
+        ))
     } else {
         None
     };
