@@ -230,6 +230,13 @@ fn millis(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("bad milliseconds {s:?}: {e}"))
 }
 
+/// Created by the agent to end a helper's loop early.
+const STOP_FILE: &str = "/run/attack-stop";
+
+fn stop_requested() -> bool {
+    Path::new(STOP_FILE).exists()
+}
+
 /// A short pause between swaps: thousands per second are plenty to hit
 /// the window, and a busy loop would starve the guest's two vCPUs.
 fn pause() {
@@ -242,7 +249,7 @@ fn swap_link(link: &str, x: &str, y: &str, ms: &str) -> Result<(), String> {
     let end = Instant::now() + millis(ms)?;
     let tmp = format!("{link}.swap");
     let mut n = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && !stop_requested() {
         for target in [y, x] {
             let _ = fs::remove_file(&tmp);
             symlink(target, &tmp).map_err(|e| format!("symlink {tmp}: {e}"))?;
@@ -262,7 +269,7 @@ fn exchange_loop(x: &str, y: &str, ms: &str) -> Result<(), String> {
     let cx = std::ffi::CString::new(x).map_err(|e| e.to_string())?;
     let cy = std::ffi::CString::new(y).map_err(|e| e.to_string())?;
     let mut n = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && !stop_requested() {
         for _ in 0..2 {
             raw::exchange(&cx, &cy).map_err(|e| format!("renameat2 {x} {y}: {e}"))?;
             n += 1;
@@ -282,7 +289,7 @@ fn rewrite(file: &str, x: &str, y: &str, ms: &str, mode: &str) -> Result<(), Str
     let images = [read(y)?, read(x)?];
     let tmp = format!("{file}.tmp");
     let mut n = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && !stop_requested() {
         for img in &images {
             match mode {
                 "rename" => {
@@ -964,15 +971,16 @@ struct Tally {
     reasons: Vec<String>,
 }
 
-/// Runs staprun `args` as `user` over and over for `dur` (with `-T 10`,
-/// so that a complete run ends quickly). With `forbid_evil`, output naming
+/// Runs staprun `args` as `user` over and over, for at least RACE and
+/// RACE_ATTEMPTS attempts (with `-T 10`, so that a complete run ends
+/// quickly), then asks the attacker's helper to stop. With `forbid_evil`, output naming
 /// the evil module also counts as odd.
-fn hammer(user: &User, args: &[&str], dur: Duration, forbid_evil: bool) -> Tally {
+fn hammer(user: &User, args: &[&str], forbid_evil: bool) -> Tally {
     let mut t = Tally::default();
-    let end = Instant::now() + dur;
+    let t0 = Instant::now();
     let mut argv = vec!["-T", "10"];
     argv.extend_from_slice(args);
-    while Instant::now() < end {
+    while t0.elapsed() < RACE_MAX && (t0.elapsed() < RACE || t.attempts < RACE_ATTEMPTS) {
         let out = sr(user, &argv);
         t.attempts += 1;
         let evil = forbid_evil && (out.stdout.contains(EVIL) || out.stderr.contains(EVIL));
@@ -995,10 +1003,15 @@ fn hammer(user: &User, args: &[&str], dur: Duration, forbid_evil: bool) -> Tally
             unload_all_fixtures();
         }
     }
+    // The attacker's helper (swapper, rewriter) stops too.
+    let _ = fs::write(STOP_FILE, "");
     t
 }
 
-const RACE: Duration = Duration::from_secs(6);
+/// A race runs at least this long and this many attempts, at most RACE_MAX.
+const RACE: Duration = Duration::from_secs(5);
+const RACE_ATTEMPTS: u64 = 8;
+const RACE_MAX: Duration = Duration::from_secs(20);
 
 // ---- CVE-2009-0784: check/load race on a path the user controls --------
 
@@ -1027,7 +1040,7 @@ fn cve_2009_0784(r: &mut Reporter) {
         return;
     }
     let s = |p: &Path| p.display().to_string();
-    let ms = RACE.as_millis().to_string();
+    let ms = RACE_MAX.as_millis().to_string();
     let variants: [(&str, Vec<String>, String); 3] = [
         // A symlink alice owns, retargeted between the blessed module and hers.
         (
@@ -1066,8 +1079,9 @@ fn cve_2009_0784(r: &mut Reporter) {
         let mark = syslog_lines().len();
         let watch = Watch::start(&[EVIL], true);
         let hargs: Vec<&str> = hargs.iter().map(String::as_str).collect();
+        let _ = fs::remove_file(STOP_FILE);
         let bg = Bg::start(helper_cmd(&ALICE, &hargs));
-        let tally = hammer(&ALICE, &[&target, "records=1"], RACE, true);
+        let tally = hammer(&ALICE, &[&target, "records=1"], true);
         let swapper = bg.map(|b| b.wait(Duration::from_secs(10)));
         let rep = watch.finish();
         let loads = audit_loads(mark);
@@ -1088,7 +1102,7 @@ fn cve_2009_0784(r: &mut Reporter) {
         );
         r.check(
             &format!("{tag}_attempts"),
-            tally.attempts >= 5,
+            tally.attempts >= RACE_ATTEMPTS,
             format!("{} attempts", tally.attempts),
         );
         let evil_loads: Vec<&(String, String)> =
@@ -1463,7 +1477,7 @@ fn cve_2011_2503(r: &mut Reporter) {
     ) {
         return;
     }
-    let ms = RACE.as_millis().to_string();
+    let ms = RACE_MAX.as_millis().to_string();
     let kos = ko.display().to_string();
     for mode in ["rename", "inplace"] {
         let _ = fs::remove_file(&ko);
@@ -1473,11 +1487,12 @@ fn cve_2011_2503(r: &mut Reporter) {
         }
         let mark = syslog_lines().len();
         let watch = Watch::start(&[], true);
+        let _ = fs::remove_file(STOP_FILE);
         let bg = Bg::start(helper_cmd(
             &BOB,
             &["rewrite", &kos, "/tmp/A.ko", "/tmp/B.ko", &ms, mode],
         ));
-        let tally = hammer(&ALICE, &["pmod", "records=1"], RACE, false);
+        let tally = hammer(&ALICE, &["pmod", "records=1"], false);
         let writer = bg.map(|b| b.wait(Duration::from_secs(10)));
         let rep = watch.finish();
         let loads = audit_loads(mark);
@@ -1512,7 +1527,7 @@ fn cve_2011_2503(r: &mut Reporter) {
         );
         r.check(
             &format!("{mode}_attempts"),
-            tally.attempts >= 5,
+            tally.attempts >= RACE_ATTEMPTS,
             format!("{tally:?}"),
         );
         r.check(
