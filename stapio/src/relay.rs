@@ -31,6 +31,8 @@ const RUN: u8 = 0;
 const DRAIN: u8 = 1;
 const KILL: u8 = 2;
 const DETACH: u8 = 3;
+/// Longest a normal end reads what the module still has.
+const DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How the pump is set up.
 #[derive(Debug, Clone)]
@@ -285,6 +287,16 @@ fn reader_thread(
                 .get_or_insert_with(std::time::Instant::now)
                 .elapsed()
                 > timeout * 2
+        {
+            break;
+        }
+        // A module that keeps writing after it said EXIT must not keep us
+        // here for ever: the drain is capped.
+        if state == DRAIN
+            && detach_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                > DRAIN_CAP
         {
             break;
         }

@@ -226,6 +226,9 @@ enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     Finish,
+    /// An error ended the run: the module may still be writing, so the
+    /// relays are read for a bounded time only, then it is unloaded.
+    Failed,
     Detach,
     /// A third interrupt: tear down without draining.
     Abort,
@@ -345,7 +348,7 @@ impl<'k> Session<'k> {
     /// Remember the first error; the run then ends (with unload).
     fn fail(&mut self, e: Error) -> Ending {
         self.error.get_or_insert(e);
-        Ending::Finish
+        Ending::Failed
     }
 
     fn send(&mut self, req: Request, what: &'static str) -> Result<(), Error> {
@@ -638,7 +641,7 @@ impl<'k> Session<'k> {
         if let Some(pump) = self.pump.take() {
             let how = match ending {
                 Ending::Abort => Close::Kill,
-                Ending::Detach => Close::Detach,
+                Ending::Detach | Ending::Failed => Close::Detach,
                 _ => Close::Drain,
             };
             let (stats, err) = pump.close(how);

@@ -109,6 +109,9 @@ pub fn install(signals: Arc<Signals>) -> io::Result<()> {
     sys::set_signal(libc::SIGUSR2, Disposition::Handler(on_usr2))?;
     sys::set_signal(libc::SIGCHLD, Disposition::Handler(on_child))?;
     sys::set_signal(libc::SIGPIPE, Disposition::Ignore)?;
+    // A caller's RLIMIT_FSIZE must make the write fail (EFBIG) and take
+    // the output-error path, which unloads, rather than kill stapio.
+    sys::set_signal(libc::SIGXFSZ, Disposition::Ignore)?;
     sys::unblock_all_signals()
 }
 

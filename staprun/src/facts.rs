@@ -189,10 +189,16 @@ pub fn gather(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let parent_fd = sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| io_err("cannot open the directory of", e))?;
-    let (_, _, parent_id, _) =
-        stat_of(parent_fd.as_fd()).map_err(|e| io_err("cannot stat the directory of", e))?;
+    // For a caller who may load only from the blessed directory, a parent
+    // that cannot be opened is just "not there": the answer must not tell
+    // whether a path exists in a directory the caller cannot read.
+    let parent_id = match sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
+        .and_then(|fd| stat_of(fd.as_fd()))
+    {
+        Ok((_, _, id, _)) => Some(id),
+        Err(_) if !class.may_load_anything() => None,
+        Err(e) => return Err(io_err("cannot open the directory of", e)),
+    };
 
     let stapdev_gid = groups.stapdev_gid();
     let mut facts = ModuleFacts {
@@ -213,7 +219,7 @@ pub fn gather(
 
     // Open the name as an O_PATH fd: in the blessed directory through its
     // own fd with O_NOFOLLOW, elsewhere by path.
-    let in_blessed = blessed.as_ref().is_some_and(|b| b.id == parent_id);
+    let in_blessed = blessed.as_ref().is_some_and(|b| Some(b.id) == parent_id);
     let path_fd = if let (true, Some(b)) = (in_blessed, blessed.as_ref()) {
         let fd = sys::openat(b.fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW)
             .map_err(|e| io_err("cannot open module", e))?;
@@ -288,34 +294,67 @@ pub fn read_image(fd: &OwnedFd, size: u64, path: &Path) -> Result<Vec<u8>, Stapr
         size,
         limit: MAX_MODULE_BYTES,
     })?;
-    let mut buf = vec![0u8; len];
-    let mut got = 0;
-    while got < len {
-        match sys::read(fd.as_fd(), &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(StaprunError::Io {
-                    what: "cannot read module".into(),
-                    path: path.to_path_buf(),
-                    source: e,
-                });
-            }
-        }
-    }
-    // The file must not have shrunk or grown while we read it.
-    let mut extra = [0u8; 1];
-    let more = sys::read(fd.as_fd(), &mut extra).unwrap_or(0);
-    if got != len || more != 0 {
-        return Err(StaprunError::ModuleChanged {
-            path: path.to_path_buf(),
-        });
-    }
-    if buf.is_empty() {
+    if len == 0 {
         return Err(StaprunError::ModuleEmpty {
             path: path.to_path_buf(),
         });
     }
-    Ok(buf)
+    let read_err = |e: io::Error| StaprunError::Io {
+        what: "cannot read module".into(),
+        path: path.to_path_buf(),
+        source: e,
+    };
+    // A writer allowed to change the file (root, or stapdev in the 775
+    // layout) could rewrite it while we read: the file's identity, size and
+    // change times must be the same before and after a whole read, else we
+    // read again (a few times) and then refuse, so what is loaded was one
+    // whole file. Timestamps are coarse (a clock tick), so a rewrite inside
+    // one tick of the previous one can still go unseen; see docs/attacks.md.
+    for _ in 0..3 {
+        let before = version(fd).map_err(read_err)?;
+        if before.size != size {
+            return Err(StaprunError::ModuleChanged {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match sys::pread(fd.as_fd(), &mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_err(e)),
+            }
+        }
+        let mut extra = [0u8; 1];
+        let more = sys::pread(fd.as_fd(), &mut extra, len as u64).unwrap_or(0);
+        let after = version(fd).map_err(read_err)?;
+        if got == len && more == 0 && before == after {
+            return Ok(buf);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(StaprunError::ModuleChanged {
+        path: path.to_path_buf(),
+    })
+}
+
+/// What changes when a file is written.
+#[derive(Debug, PartialEq, Eq)]
+struct Version {
+    id: (u64, u64),
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn version(fd: &OwnedFd) -> io::Result<Version> {
+    let st = sys::fstat(fd.as_fd())?;
+    Ok(Version {
+        id: (st.st_dev, st.st_ino),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+    })
 }

@@ -372,6 +372,36 @@ fn stapusr_gets_nothing_opened_outside_the_blessed_dir() {
 }
 
 #[test]
+fn no_existence_oracle_for_stapusr() {
+    let tree = Tree::new();
+    let secret = tree.base.join("elsewhere/secret");
+    fs::create_dir(&secret).unwrap();
+    set(&secret, 0o700, 0, 0);
+    let run = Run::new();
+    let there = run
+        .load(
+            &tree,
+            Class::Stapusr,
+            ALICE,
+            &[secret.join("x.ko").to_str().unwrap()],
+        )
+        .unwrap_err();
+    let nowhere = tree.base.join("elsewhere/nosuchdir/x.ko");
+    let absent = run
+        .load(&tree, Class::Stapusr, ALICE, &[nowhere.to_str().unwrap()])
+        .unwrap_err();
+    // The same rule answers both.
+    for e in [&there, &absent] {
+        assert!(e.to_string().contains("may load modules only from"), "{e}");
+    }
+    // Root is told what is wrong.
+    let e = run
+        .load(&tree, Class::Root, 0, &[nowhere.to_str().unwrap()])
+        .unwrap_err();
+    assert!(e.to_string().contains("No such file"), "{e}");
+}
+
+#[test]
 fn paths_into_the_blessed_dir_and_hard_links() {
     let tree = Tree::new();
     let p = tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
