@@ -26,6 +26,7 @@ mod compat;
 mod cpio;
 mod deb;
 mod dist;
+mod fuzz;
 mod install;
 mod matrix;
 mod prepare;
@@ -47,6 +48,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run every cargo-fuzz target in fuzz/ for SECONDS on its corpus (cargo-fuzz is installed if missing).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Install host tools, fetch the guest kernel, build fixture modules, binaries and the initramfs.
     VmPrepare(prepare::Options),
     /// vm-prepare, then run the guest test suite (`cargo test -p vm --test vm`).
@@ -232,6 +238,10 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
     stage("host tests", &mut || {
         run(cargo().args(["test", "--workspace", "--exclude", "vm"]))
     });
+    stage("benchmark (figures only)", &mut || {
+        run(cargo().args(["bench", "-p", "stapio", "--bench", "pipeline"]))
+    });
+    stage("fuzz smoke", &mut || fuzz::run(20));
     stage("dist + deb + install (host)", &mut || {
         dist::dist(&dist::Paths::for_prefix(std::path::Path::new("/usr")))?;
         deb::deb()?;
@@ -266,6 +276,7 @@ fn main() -> ExitCode {
         Cmd::Deb => deb::deb().map(|_| ()),
         Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
         Cmd::Matrix(opts) => matrix::matrix(opts),
+        Cmd::Fuzz { seconds } => fuzz::run(*seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
