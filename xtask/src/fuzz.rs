@@ -57,8 +57,7 @@ pub fn run(seconds: u32) -> Result<()> {
         let log = String::from_utf8_lossy(&out.stderr);
         let done = log
             .lines()
-            .filter(|l| l.contains("DONE"))
-            .last()
+            .rfind(|l| l.contains("DONE"))
             .unwrap_or("")
             .trim()
             .to_string();
