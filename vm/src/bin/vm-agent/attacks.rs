@@ -2299,7 +2299,7 @@ fn faults(r: &mut Reporter) {
         Err(e) => {
             r.check("ctl_break_spawn", false, e.to_string());
         }
-        Ok(running) => {
+        Ok(mut running) => {
             let mut target = None;
             util::wait_until(Duration::from_secs(20), || {
                 target = stapio_pids()
@@ -2316,7 +2316,7 @@ fn faults(r: &mut Reporter) {
             // If stapio does not end, record where its threads wait.
             let pid = target.as_ref().map(|(p, _)| *p);
             if !util::wait_until(Duration::from_secs(20), || {
-                pid.is_none_or(|p| !Path::new(&format!("/proc/{p}/task")).exists())
+                !matches!(running.child.try_wait(), Ok(None))
             }) && let Some(p) = pid
             {
                 for t in fs::read_dir(format!("/proc/{p}/task"))
