@@ -97,12 +97,34 @@ impl StaprunError {
         }
     }
 
-    /// Exit status: 1 for usage errors (as the C staprun), 255 for
-    /// refusals and failures (the C staprun's `exit(-1)`).
+    /// Exit status, as the C staprun's: 255 (its `exit(-1)`) for a refusal
+    /// by the permission rules, 1 for everything else (usage errors, and a
+    /// failed load, which its `init_staprun` reports as 1).
     pub fn exit_code(&self) -> i32 {
         match self {
-            StaprunError::Usage(_) | StaprunError::NotSetuidRoot { .. } => 1,
-            _ => 255,
+            StaprunError::Denied { .. } | StaprunError::NotUnloadable { .. } => 255,
+            _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_match_the_c_staprun() {
+        let refused = StaprunError::Denied {
+            path: "/x".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(refused.exit_code(), 255);
+        let insert = StaprunError::Insert {
+            path: "/x".into(),
+            text: "File exists".into(),
+            exists: true,
+        };
+        assert_eq!(insert.exit_code(), 1);
+        assert_eq!(StaprunError::Usage(CliError::MissingModule).exit_code(), 1);
     }
 }
