@@ -77,6 +77,15 @@ const VARIANT_EXPECTED_FAILS: &[&str] = &["demo_exit_0", "demo_begin_output"];
 enum Outcome {
     Pass,
     Fail(String),
+    /// Passed on a second boot after the first died in the kernel before the agent ran.
+    PassOnRetry(String),
+}
+
+/// A failure in which the guest kernel died before the agent started the scenario (no
+/// `VMTEST BEGIN` in the transcript): an emulator or boot problem, not a result of the
+/// scenario. The matrix boots such a scenario once more and says so.
+fn is_boot_flake(msg: &str) -> bool {
+    msg.contains("guest kernel failure") && !msg.contains("VMTEST BEGIN")
 }
 
 struct KernelRun {
@@ -135,7 +144,7 @@ fn reason(msg: &str) -> String {
 
 /// Parses libtest's pretty output: `test NAME ... ok|FAILED|ignored` lines and the
 /// `---- NAME ----` failure messages.
-fn parse_libtest(stdout: &str) -> Vec<(String, Outcome)> {
+fn parse_libtest(stdout: &str) -> Vec<(String, Outcome, bool)> {
     let mut order = Vec::new();
     let mut status = BTreeMap::new();
     for l in stdout.lines() {
@@ -170,12 +179,12 @@ fn parse_libtest(stdout: &str) -> Vec<(String, Outcome)> {
         .into_iter()
         .filter(|n| status.get(n).is_some_and(|s| s != "ignored"))
         .map(|n| {
-            let o = if status.get(&n).is_some_and(|s| s == "ok") {
-                Outcome::Pass
+            let msg = messages.get(&n).map_or("", String::as_str);
+            if status.get(&n).is_some_and(|s| s == "ok") {
+                (n, Outcome::Pass, false)
             } else {
-                Outcome::Fail(reason(messages.get(&n).map_or("", String::as_str)))
-            };
-            (n, o)
+                (n, Outcome::Fail(reason(msg)), is_boot_flake(msg))
+            }
         })
         .collect()
 }
@@ -183,6 +192,40 @@ fn parse_libtest(stdout: &str) -> Vec<(String, Outcome)> {
 /// Runs one guest test binary for kernel `kver`; its stdout is kept for parsing and in
 /// target/vm-logs/matrix-KV-BIN.log, its stderr (progress lines) goes to the terminal.
 fn run_binary(bin: &str, kver: &str, test_args: &[String]) -> Result<Vec<(String, Outcome)>> {
+    let results = run_binary_once(bin, kver, test_args, "")?;
+    let mut out = Vec::new();
+    for (name, outcome, flake) in results {
+        let Outcome::Fail(first) = &outcome else {
+            out.push((name, outcome));
+            continue;
+        };
+        if !flake {
+            out.push((name, outcome));
+            continue;
+        }
+        eprintln!(
+            "xtask: matrix: {kver}: {name}: the guest died while booting ({first}): once more"
+        );
+        let args = [name.clone(), "--exact".to_owned()];
+        let again = run_binary_once(bin, kver, &args, "-retry")?;
+        let o = match again.into_iter().find(|(n, _, _)| *n == name) {
+            Some((_, Outcome::Pass, _)) => Outcome::PassOnRetry(first.clone()),
+            Some((_, Outcome::Fail(second), _)) => {
+                Outcome::Fail(format!("{second} (first boot: {first})"))
+            }
+            _ => outcome,
+        };
+        out.push((name, o));
+    }
+    Ok(out)
+}
+
+fn run_binary_once(
+    bin: &str,
+    kver: &str,
+    test_args: &[String],
+    log_suffix: &str,
+) -> Result<Vec<(String, Outcome, bool)>> {
     let mut cmd = crate::cargo();
     cmd.args(["test", "-p", "vm", "--test", bin, "--", "--color", "never"])
         .args(test_args)
@@ -197,7 +240,7 @@ fn run_binary(bin: &str, kver: &str, test_args: &[String]) -> Result<Vec<(String
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let logs = vm::log_dir();
     let _ = fs::create_dir_all(&logs);
-    let log = logs.join(format!("matrix-{kver}-{bin}.log"));
+    let log = logs.join(format!("matrix-{kver}-{bin}{log_suffix}.log"));
     let _ = fs::write(&log, &stdout);
     let results = parse_libtest(&stdout);
     if results.is_empty() && !out.status.success() {
@@ -376,6 +419,14 @@ fn table(runs: &[KernelRun]) -> String {
             let o = r.results.iter().find(|(n, _)| n == row).map(|(_, o)| o);
             match o {
                 Some(Outcome::Pass) => s.push_str(" pass |"),
+                Some(Outcome::PassOnRetry(why)) => {
+                    notes.push(format!(
+                        "{} / {row}: passed on a second boot; the first died booting: {}",
+                        r.kver,
+                        cell(why, 400)
+                    ));
+                    let _ = write!(s, " pass, 2nd boot [{}] |", notes.len());
+                }
                 Some(Outcome::Fail(why)) => {
                     notes.push(format!("{} / {row}: {}", r.kver, cell(why, 400)));
                     let _ = write!(s, " **FAIL** [{}] |", notes.len());
@@ -403,7 +454,7 @@ fn table(runs: &[KernelRun]) -> String {
     let passed = |r: &KernelRun| {
         r.results
             .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Pass))
+            .filter(|(_, o)| matches!(o, Outcome::Pass | Outcome::PassOnRetry(_)))
             .count()
     };
     let _ = write!(s, "| *passed* |");
@@ -480,13 +531,16 @@ mod tests {
         assert!(matches!(r[0].1, Outcome::Pass));
         match &r[1].1 {
             Outcome::Fail(why) => assert_eq!(why, "sig_int :: exit 1"),
-            Outcome::Pass => panic!("signals passed"),
+            o => panic!("signals: {o:?}"),
         }
+        assert!(!r[1].2);
     }
 
     #[test]
     fn kernel_failure_reason_names_the_console_line() {
         let msg = "scenario x: guest kernel failure: console shows \"BUG:\"\nqemu stderr: \n[  1.0] BUG: kernel NULL pointer dereference\n";
+        assert!(is_boot_flake(msg));
+        assert!(!is_boot_flake(&format!("{msg}  VMTEST BEGIN x\n")));
         assert_eq!(
             reason(msg),
             "guest kernel failure: console shows \"BUG:\" [console: [  1.0] BUG: kernel NULL pointer dereference]"
