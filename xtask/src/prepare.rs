@@ -588,7 +588,7 @@ impl Chroot {
                 "xtask: debootstrap --variant=minbase trixie {} {uri}",
                 tmp.display()
             );
-            status(
+            output(
                 Command::new("debootstrap")
                     .args(["--variant=minbase", "trixie"])
                     .arg(&tmp)
@@ -615,7 +615,7 @@ impl Chroot {
     fn update(&mut self) -> Result<()> {
         if !self.updated {
             eprintln!("xtask: apt-get update (in {})", self.root.display());
-            status(&mut self.apt_cmd("apt-get", &["update", "-qq"]))?;
+            output(&mut self.apt_cmd("apt-get", &["update", "-qq"]))?;
             self.updated = true;
         }
         Ok(())
@@ -656,11 +656,12 @@ impl Chroot {
         );
         let mut args = vec!["install", "-y", "--no-install-recommends"];
         args.extend_from_slice(pkgs);
-        if status(&mut self.apt_cmd("apt-get", &args)).is_ok() {
+        // Captured (shown only on failure) so that `matrix` output stays a table.
+        if output(&mut self.apt_cmd("apt-get", &args)).is_ok() {
             return Ok(());
         }
         self.update()?;
-        status(&mut self.apt_cmd("apt-get", &args))
+        output(&mut self.apt_cmd("apt-get", &args)).map(|_| ())
     }
 
     /// linux-headers-KV (with gcc-14, kbuild and pahole), make and binutils in the chroot.
