@@ -1,1 +1,1 @@
-
+//! Host integration tests across staprun and stapio live in `tests/`.
