@@ -882,3 +882,25 @@ pub fn user_name(uid: u32) -> Option<String> {
             .into_owned(),
     )
 }
+
+/// Take a read lease on `fd` (`F_SETLEASE F_RDLCK`): fails with EAGAIN
+/// while anyone has the file open for writing, and while held, an open for
+/// writing blocks until the lease is released (the break is signalled with
+/// SIGIO, which the caller must ignore).
+pub fn take_read_lease(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on a borrowed fd.
+    cerr(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) })?;
+    Ok(())
+}
+
+/// Whether the read lease is still held unbroken.
+pub fn read_lease_held(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl with integer arguments on a borrowed fd.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLEASE) == libc::F_RDLCK }
+}
+
+/// Release a lease taken with [`take_read_lease`].
+pub fn release_lease(fd: BorrowedFd<'_>) {
+    // SAFETY: fcntl with integer arguments on a borrowed fd.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+}

@@ -32,7 +32,7 @@ pub enum StaprunError {
         size: u64,
         limit: u64,
     },
-    #[error("module {path} changed size while it was being read")]
+    #[error("module {path} kept changing while it was being read (is it being written?)")]
     ModuleChanged { path: PathBuf },
     #[error("module {path} is empty")]
     ModuleEmpty { path: PathBuf },

@@ -305,39 +305,66 @@ pub fn read_image(fd: &OwnedFd, size: u64, path: &Path) -> Result<Vec<u8>, Stapr
         source: e,
     };
     // A writer allowed to change the file (root, or stapdev in the 775
-    // layout) could rewrite it while we read: the file's identity, size and
-    // change times must be the same before and after a whole read, else we
-    // read again (a few times) and then refuse, so what is loaded was one
-    // whole file. Timestamps are coarse (a clock tick), so a rewrite inside
-    // one tick of the previous one can still go unseen; see docs/attacks.md.
-    for _ in 0..3 {
-        let before = version(fd).map_err(read_err)?;
-        if before.size != size {
-            return Err(StaprunError::ModuleChanged {
-                path: path.to_path_buf(),
-            });
+    // layout) could rewrite it while we read. A read lease keeps writers
+    // out for the read: it cannot be taken while the file is open for
+    // writing, and an open for writing waits for its release. Where leases
+    // are not supported, the file's identity, size and change times must
+    // agree before and after a whole read, and the bytes of two reads must
+    // be equal. Either way we try a few times, then refuse, so what is
+    // loaded was one whole file.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match sys::pread(fd.as_fd(), &mut buf[got..], got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_err(e)),
-            }
+        let leased = match sys::take_read_lease(fd.as_fd()) {
+            Ok(()) => true,
+            // Open for writing somewhere: try again shortly.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(_) => false,
+        };
+        let first = read_whole(fd, size, len);
+        let whole = match (&first, leased) {
+            (Ok(Some(buf)), true) => sys::read_lease_held(fd.as_fd()).then(|| buf.clone()),
+            (Ok(Some(buf)), false) => match read_whole(fd, size, len) {
+                Ok(Some(again)) if again == *buf => Some(again),
+                _ => None,
+            },
+            _ => None,
+        };
+        if leased {
+            sys::release_lease(fd.as_fd());
         }
-        let mut extra = [0u8; 1];
-        let more = sys::pread(fd.as_fd(), &mut extra, len as u64).unwrap_or(0);
-        let after = version(fd).map_err(read_err)?;
-        if got == len && more == 0 && before == after {
+        first.map_err(read_err)?;
+        if let Some(buf) = whole {
             return Ok(buf);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Err(StaprunError::ModuleChanged {
         path: path.to_path_buf(),
     })
+}
+
+/// One whole read of exactly `len` bytes, `None` if the file changed
+/// (identity, size or change times) while it was read.
+fn read_whole(fd: &OwnedFd, size: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    let before = version(fd)?;
+    if before.size != size {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match sys::pread(fd.as_fd(), &mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let mut extra = [0u8; 1];
+    let more = sys::pread(fd.as_fd(), &mut extra, len as u64).unwrap_or(0);
+    let after = version(fd)?;
+    Ok((got == len && more == 0 && before == after).then_some(buf))
 }
 
 /// What changes when a file is written.

@@ -39,7 +39,9 @@ fn main() {
         // at around the load (a pending one unloads and exits).
         .and_then(|()| sys::mask_signals(&TERM_SIGNALS, true))
         .and_then(|()| sys::set_signal(libc::SIGPIPE, sys::Disposition::Ignore))
-        .and_then(|()| sys::set_signal(libc::SIGUSR2, sys::Disposition::Ignore));
+        .and_then(|()| sys::set_signal(libc::SIGUSR2, sys::Disposition::Ignore))
+        // A writer opening the module breaks our read lease with SIGIO.
+        .and_then(|()| sys::set_signal(libc::SIGIO, sys::Disposition::Ignore));
     let result = hygiene
         .map_err(StaprunError::Setup)
         .and_then(|()| run(captured));

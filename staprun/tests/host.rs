@@ -372,6 +372,27 @@ fn stapusr_gets_nothing_opened_outside_the_blessed_dir() {
 }
 
 #[test]
+fn a_module_open_for_writing_is_not_loaded() {
+    let tree = Tree::new();
+    let p = tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
+    // Someone (root, or a stapdev member in the 775 layout) is writing it.
+    let writer = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    let run = Run::new();
+    let e = run
+        .load(&tree, Class::Stapusr, ALICE, &["pmod"])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("kept changing while it was being read"),
+        "{e}"
+    );
+    assert!(run.kernel.loaded().is_empty());
+    // Once the writer is done, it loads.
+    drop(writer);
+    run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
+}
+
+#[test]
 fn no_existence_oracle_for_stapusr() {
     let tree = Tree::new();
     let secret = tree.base.join("elsewhere/secret");
