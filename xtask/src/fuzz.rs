@@ -41,11 +41,18 @@ pub fn run(seconds: u32) -> Result<()> {
     let dir = crate::prepare::workspace_root().join("fuzz");
     for t in TARGETS {
         let t0 = Instant::now();
+        // New inputs go to a scratch corpus (first directory); the
+        // checked-in one is only read.
         let corpus = dir.join("corpus").join(t);
+        let scratch = crate::prepare::workspace_root()
+            .join("target/fuzz-scratch")
+            .join(t);
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
         let out = cargo()
             .current_dir(&dir)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "-O", t])
+            .arg(&scratch)
             .arg(&corpus)
             .args([
                 "--",
