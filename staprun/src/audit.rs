@@ -26,8 +26,9 @@ pub fn quote(v: &str) -> String {
 /// Who: `user=NAME uid=N class=C`.
 pub fn who(uid: u32, name: Option<&str>, class: &str) -> String {
     format!(
-        "user={} uid={uid} class={class}",
-        quote(name.unwrap_or("?"))
+        "user={} uid={uid} class={}",
+        quote(name.unwrap_or("?")),
+        quote(class)
     )
 }
 
@@ -61,7 +62,7 @@ mod tests {
         let l = load_line(&w, "pmod", Path::new("/x y/p.ko"), "00", "blessed");
         assert_eq!(
             l,
-            "LOAD user=\"alice\" uid=1001 class=stapusr module=pmod path=\"/x y/p.ko\" sha256=00 rule=\"blessed\""
+            "LOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod path=\"/x y/p.ko\" sha256=00 rule=\"blessed\""
         );
         // A newline in a path cannot start a forged line.
         let d = deny_line(&w, "/tmp/a\nLOAD user=root", "nope");
