@@ -249,6 +249,13 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
     });
     stage("vm suite", &mut || vm_test(opts, false, &[]));
     stage("vm install", &mut || deb::vm_install_test(opts, true, &[]));
+    stage("compat (real SystemTap modules, ours vs C)", &mut || {
+        let copts = compat::Options {
+            vm: opts.clone(),
+            no_stap5: false,
+        };
+        compat_test(&copts, &[])
+    });
     eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
     if failed.is_empty() {
         Ok(())
