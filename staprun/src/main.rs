@@ -94,19 +94,7 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
         Some(cli::resolve_module(&opts.module, Path::new("/"))?.name)
     };
 
-    let ids = sys::ids().map_err(StaprunError::Setup)?;
-    if ids.euid != 0 {
-        let nnp = if sys::no_new_privs() {
-            " (no_new_privs is set, so the setuid bit is ignored)"
-        } else {
-            ""
-        };
-        return Err(StaprunError::NotSetuidRoot { nnp });
-    }
-    let mut groups = sys::groups().map_err(StaprunError::Setup)?;
-    groups.push(ids.rgid);
-    let class = classify(ids.ruid, &groups, StapGroups::from_system());
-    let release = sys::kernel_release().map_err(StaprunError::Setup)?;
+    let (ids, class, release) = caller()?;
     let kernel = LinuxKernel;
     let sysgroups = SystemGroups;
     let ctx = Context {
@@ -159,18 +147,9 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     Err(err)
 }
 
-/// `staprun --explain MODULE`: say, without loading anything, whether the
-/// caller may load MODULE and which rule decides. Exit 0 if allowed, 1 if
-/// not.
-fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
-    let [module] = args else {
-        return Err(StaprunError::Usage(cli::CliError::Clap(
-            "usage: staprun --explain MODULE".into(),
-        )));
-    };
-    let module = module
-        .to_str()
-        .ok_or_else(|| cli::CliError::NotUtf8(module.clone()))?;
+/// Who is calling: the ids (effective root is required), the privilege
+/// class from the real uid and groups, and the kernel release.
+fn caller() -> Result<(sys::Ids, staprun::policy::Class, String), StaprunError> {
     let ids = sys::ids().map_err(StaprunError::Setup)?;
     if ids.euid != 0 {
         let nnp = if sys::no_new_privs() {
@@ -184,6 +163,22 @@ fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
     groups.push(ids.rgid);
     let class = classify(ids.ruid, &groups, StapGroups::from_system());
     let release = sys::kernel_release().map_err(StaprunError::Setup)?;
+    Ok((ids, class, release))
+}
+
+/// `staprun --explain MODULE`: say, without loading anything, whether the
+/// caller may load MODULE and which rule decides. Exit 0 if allowed, 1 if
+/// not.
+fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
+    let [module] = args else {
+        return Err(StaprunError::Usage(cli::CliError::Clap(
+            "usage: staprun --explain MODULE".into(),
+        )));
+    };
+    let module = module
+        .to_str()
+        .ok_or_else(|| cli::CliError::NotUtf8(module.clone()))?;
+    let (ids, class, release) = caller()?;
     let blessed = blessed_dir_for(&release);
     let target = cli::resolve_module(module, &blessed)?;
     let kernel = LinuxKernel;
