@@ -140,6 +140,15 @@ fn artifacts() -> Result<vm::Artifacts, String> {
         .lines()
         .find_map(|l| l.strip_prefix("initrd="))
         .ok_or_else(|| format!("{} has no initrd= line", env.display()))?;
+    let kver = text.lines().find_map(|l| l.strip_prefix("kver="));
+    if kver != Some(art.kver.as_str()) {
+        return Err(format!(
+            "{} was prepared for kernel {kver:?}, the tests use {}: run `cargo xtask compat-prepare --kernel {}`",
+            env.display(),
+            art.kver,
+            art.kver
+        ));
+    }
     art.initrd = initrd.into();
     if !art.initrd.is_file() {
         return Err(format!(

@@ -166,8 +166,12 @@ fn builds() -> Result<Vec<Build>> {
 
 /// `stap -V` says e.g. "Systemtap translator/driver (version 4.8/0.188, Debian version 4.8-2)".
 fn stap_version() -> Result<(String, String)> {
+    // stap creates $SYSTEMTAP_DIR (default ~/.systemtap) even for -V: keep it in the cache.
+    let home = vm::cache_dir().join("stap").join("home");
+    mkdir(&home)?;
     let out = Command::new("stap")
         .arg("-V")
+        .env("SYSTEMTAP_DIR", &home)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run stap -V: {e}"))?;
@@ -941,7 +945,8 @@ pub fn prepare(opts: &Options) -> Result<()> {
     })?;
     let names: Vec<&str> = mods.keys().map(String::as_str).collect();
     let mut env = format!(
-        "initrd={}\nmodules={}\nstap={version}\nc_version={}\n",
+        "kver={}\ninitrd={}\nmodules={}\nstap={version}\nc_version={}\n",
+        art.kver,
         initrd.display(),
         names.join(","),
         c.version
