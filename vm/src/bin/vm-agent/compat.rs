@@ -19,15 +19,15 @@
 //! for a stapusr caller the variable cannot point it elsewhere.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use crate::scenarios::{Scenario, blessed_dir};
 use crate::sys;
-use crate::util::{self, ALICE, Out, ROOT, Reporter, STAPUSR, User, command_as};
+use crate::util::{self, ALICE, Bg, Out, ROOT, Reporter, STAPUSR, User, command_as};
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("compat_run", compat_run),
@@ -258,11 +258,11 @@ impl Ctx<'_> {
         out
     }
 
-    fn bg(&mut self, user: &User, args: &[&str]) -> Option<Proc> {
+    fn bg(&mut self, user: &User, args: &[&str]) -> Option<Bg> {
         let mut argv = vec![STAPRUN];
         argv.extend_from_slice(args);
         self.log(&format!("$ {} &", prompt(user, &argv)));
-        match Proc::start(command_as(user, &argv, &[])) {
+        match Bg::start(command_as(user, &argv, &[])) {
             Ok(p) => Some(p),
             Err(e) => {
                 self.check("spawn", false, format!("{argv:?}: {e}"));
@@ -515,84 +515,6 @@ fn kill_stray_stapio() -> usize {
         util::wait_until(Duration::from_secs(5), || live_stapio().is_empty());
     }
     pids.len()
-}
-
-// ---------------------------------------------------------------------------
-// A background process with its output in files (so it can be watched).
-
-pub struct Proc {
-    child: Child,
-    out: String,
-    err: String,
-}
-
-static PROC_COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl Proc {
-    fn start(mut cmd: Command) -> std::io::Result<Proc> {
-        let n = PROC_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let out = format!("/run/compat{n}.out");
-        let err = format!("/run/compat{n}.err");
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&out)?)
-            .stderr(File::create(&err)?);
-        let child = cmd.spawn()?;
-        Ok(Proc { child, out, err })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits until stdout contains `needle`; false if the process exits or time runs out first.
-    fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
-        util::wait_until(timeout, || {
-            self.stdout().contains(needle) || !self.running()
-        });
-        self.stdout().contains(needle)
-    }
-
-    fn signal(&self, sig: libc::c_int) -> bool {
-        sys::kill(self.pid(), sig).is_ok()
-    }
-
-    /// Waits up to `timeout` for the exit, SIGKILLing it after that.
-    fn wait(mut self, timeout: Duration) -> Out {
-        use std::os::unix::process::ExitStatusExt as _;
-        let deadline = Instant::now() + timeout;
-        let mut timed_out = false;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() >= deadline => {
-                    timed_out = true;
-                    let _ = self.child.kill();
-                    break self.child.wait().ok();
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break None,
-            }
-        };
-        Out {
-            code: status.and_then(|s| s.code()),
-            signal: status.and_then(|s| s.signal()),
-            timed_out,
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-        }
-    }
 }
 
 fn sleep_ms(ms: u64) {
@@ -1031,7 +953,7 @@ fn target_c_fails(c: &mut Ctx) {
 }
 
 fn target_x(c: &mut Ctx) {
-    let sleeper = Proc::start(command_as(&ALICE, &["/bin/sleep", "30"], &[]));
+    let sleeper = Bg::start(command_as(&ALICE, &["/bin/sleep", "30"], &[]));
     let Ok(sleeper) = sleeper else {
         c.check("spawn_sleep", false, "cannot start sleep");
         return;

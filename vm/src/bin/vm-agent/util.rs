@@ -356,6 +356,15 @@ impl Bg {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the command; false if it could not be sent.
+    pub fn signal(&self, sig: libc::c_int) -> bool {
+        crate::sys::kill(self.pid(), sig).is_ok()
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(&self.out_path).unwrap_or_default()
     }
