@@ -5,9 +5,7 @@
 //! (or `cargo xtask vm-test`, which runs this binary too). A missing kernel,
 //! initramfs or QEMU is a failure, never a skip.
 
-use std::time::Instant;
-
-use libtest_mimic::{Arguments, Failed, Trial};
+mod common;
 
 /// Scenario names, as known to the guest agent (`vm/src/bin/vm-agent/attacks.rs`).
 const SCENARIOS: &[&str] = &[
@@ -22,36 +20,6 @@ const SCENARIOS: &[&str] = &[
     "attack_faults",
 ];
 
-fn run(name: &'static str) -> Result<(), Failed> {
-    let t0 = Instant::now();
-    let spec = vm::BootSpec::new(name);
-    let result = vm::run_scenario(&spec);
-    let wall = t0.elapsed().as_secs_f64();
-    match result {
-        Ok(run) => {
-            let checks = run.verdict().passed;
-            eprintln!(
-                "[attacks] {name}: {checks} checks passed, guest {:.2}s, wall {wall:.2}s",
-                run.elapsed.as_secs_f64()
-            );
-            Ok(())
-        }
-        Err(e) => {
-            eprintln!("[attacks] {name}: FAILED after {wall:.2}s");
-            Err(e.into())
-        }
-    }
-}
-
 fn main() {
-    let mut args = Arguments::from_args();
-    // Guests are CPU-heavy under TCG: one at a time unless asked.
-    if args.test_threads.is_none() {
-        args.test_threads = Some(1);
-    }
-    let trials = SCENARIOS
-        .iter()
-        .map(|&name| Trial::test(name, move || run(name)))
-        .collect();
-    libtest_mimic::run(&args, trials).exit();
+    common::main("attacks", SCENARIOS);
 }

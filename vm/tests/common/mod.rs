@@ -1,0 +1,41 @@
+//! What the scenario test binaries share: one libtest-mimic test per guest
+//! scenario, each booting its own guest, one guest at a time by default.
+
+use std::time::Instant;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn run(tag: &str, name: &'static str) -> Result<(), Failed> {
+    let t0 = Instant::now();
+    let spec = vm::BootSpec::new(name);
+    let result = vm::run_scenario(&spec);
+    let wall = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(run) => {
+            let checks = run.verdict().passed;
+            eprintln!(
+                "[{tag}] {name}: {checks} checks passed, guest {:.2}s, wall {wall:.2}s",
+                run.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("[{tag}] {name}: FAILED after {wall:.2}s");
+            Err(e.into())
+        }
+    }
+}
+
+/// Run `scenarios` as named tests, reporting under `tag`.
+pub fn main(tag: &'static str, scenarios: &'static [&'static str]) {
+    let mut args = Arguments::from_args();
+    // Guests are CPU-heavy under TCG: one at a time unless asked.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let trials = scenarios
+        .iter()
+        .map(|&name| Trial::test(name, move || run(tag, name)))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
