@@ -457,3 +457,22 @@ pub fn run_scenario(spec: &BootSpec) -> Result<GuestRun, String> {
     run.assert_passed()?;
     Ok(run)
 }
+
+/// Mount points of the guest's /c5 tree (SystemTap 5.x C tools, see the
+/// compat suite): the image builder makes them, and the guest agent
+/// bind-mounts the outer directories there before it chroots.
+pub const C5_MOUNTS: &[&str] = &[
+    "bin",
+    "sbin",
+    "etc",
+    "usr/bin",
+    "usr/sbin",
+    "usr/libexec",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "home",
+    "root",
+];

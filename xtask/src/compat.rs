@@ -688,28 +688,11 @@ fn c_tools_entries(
     Ok(())
 }
 
-/// Mount points of the /c5 tree: the guest bind-mounts the outer ones there and chroots.
-const C5_MOUNTS: &[&str] = &[
-    "bin",
-    "sbin",
-    "etc",
-    "usr/bin",
-    "usr/sbin",
-    "usr/libexec",
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "home",
-    "root",
-];
-
 fn c5_entries(c: &CTools, mods: &BTreeMap<String, PathBuf>, e: &mut Vec<Entry>) -> Result<()> {
     for d in ["c5", "c5/usr", "c5/usr/lib", "c5/lib", "c5/lib/modules"] {
         e.push(Entry::dir(d, 0o755));
     }
-    for d in C5_MOUNTS {
+    for d in vm::C5_MOUNTS {
         e.push(Entry::dir(&format!("c5/{d}"), 0o755));
     }
     c_tools_entries("c5/", c, mods, e)

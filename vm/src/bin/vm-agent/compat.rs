@@ -42,25 +42,9 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
 
 /// The SystemTap 5.x generation lives in /c5 (xtask `c5_entries`): trixie's C
 /// staprun/stapio and libraries, modules built by SystemTap 5.1. These outer
-/// directories are bind-mounted into it (xtask `C5_MOUNTS`), among them /usr/bin
+/// directories are bind-mounted into it (`vm::C5_MOUNTS`), among them /usr/bin
 /// and /usr/libexec with our staprun/stapio, then the agent chroots into it for
 /// the rest of the boot, so the cases run unchanged.
-const C5_MOUNTS: &[&str] = &[
-    "bin",
-    "sbin",
-    "etc",
-    "usr/bin",
-    "usr/sbin",
-    "usr/libexec",
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "home",
-    "root",
-];
-
 fn in_c5(r: &mut Reporter, group: fn(&mut Reporter)) {
     let enter = || -> Result<(), String> {
         if !Path::new("/c5/opt/c/usr/bin/staprun").exists() {
@@ -69,7 +53,7 @@ fn in_c5(r: &mut Reporter, group: fn(&mut Reporter)) {
                     .into(),
             );
         }
-        for d in C5_MOUNTS {
+        for d in vm::C5_MOUNTS {
             let (src, dst) = (format!("/{d}"), format!("/c5/{d}"));
             sys::mount(&src, &dst, "", libc::MS_BIND | libc::MS_REC, "")
                 .map_err(|e| format!("bind mount {src} on {dst}: {e}"))?;
