@@ -75,7 +75,14 @@ enum {
 #define STP_CTL_BUFFER_SIZE 384		/* max payload of one .cmd message */
 #define STP_DEFAULT_BUFFERS 256		/* max queued .cmd messages */
 #define STP_CTL_TIMER_INTERVAL ((HZ + 49) / 50)	/* 20 ms */
-#define STP_MAX_RECORD 2048
+/*
+ * Largest print: a larger record_size is clamped.  A print longer than
+ * fits one relay sub-buffer (PAGE_SIZE less the header) is carried as
+ * several records of equal size, each with its own sequence number, so
+ * that every record fits a sub-buffer (relay_reserve cannot place a
+ * larger one).
+ */
+#define STP_MAX_RECORD (64 * 1024)
 
 /*
  * Kernel API differences between the guest kernels of `cargo xtask matrix`
@@ -115,7 +122,7 @@ module_param(record_size, int, 0444);
 MODULE_PARM_DESC(record_size, "payload bytes per record (text line padded to size)");
 static int rate;
 module_param(rate, int, 0444);
-MODULE_PARM_DESC(rate, "records per second per CPU, 0 = as fast as possible");
+MODULE_PARM_DESC(rate, "prints per second per CPU (paced on elapsed time), 0 = as fast as possible");
 static int init_errno;
 module_param(init_errno, int, 0444);
 MODULE_PARM_DESC(init_errno, "fail module init with -init_errno");
@@ -152,6 +159,12 @@ MODULE_PARM_DESC(bulk, "accept STP_BULK (a bulk-mode module: stapio writes per-C
 static int started;
 module_param(started, int, 0444);
 MODULE_PARM_DESC(started, "read-only status: 1 once the begin probes have run (reset at load)");
+static int autostart;
+module_param(autostart, int, 0444);
+MODULE_PARM_DESC(autostart, "benchmarks only: run the begin probes at load, without a control channel (a plain reader of traceN then measures the copy ceiling)");
+static atomic_t dropped = ATOMIC_INIT(0);
+module_param_named(dropped, dropped.counter, int, 0444);
+MODULE_PARM_DESC(dropped, "read-only status: records that found the relay buffer full");
 
 /* ---- state ------------------------------------------------------------ */
 
@@ -184,8 +197,14 @@ static struct timer_list ctl_timer;
 /* relay channel */
 static struct rchan *rchan;
 static int overwrite_flag;
-static DEFINE_SPINLOCK(print_lock);	/* serialises sequence numbers, writes and sub-buffer switches */
-static u32 sequence;
+/*
+ * One lock per CPU buffer: it orders a record's sequence number and its
+ * place in that CPU's buffer (so every buffer holds increasing sequence
+ * numbers, as stapio's merge expects), and keeps a reader's switch of a
+ * partial sub-buffer out of a write in progress.
+ */
+static DEFINE_PER_CPU(spinlock_t, print_lock);
+static atomic_t sequence = ATOMIC_INIT(0);
 static struct proc_dir_entry *mod_dir;
 static struct path mod_dir_path;
 static int have_mod_dir_path;
@@ -200,6 +219,8 @@ static struct relay_file *relay_files;
 static struct workqueue_struct *wq;
 static struct work_struct __percpu *cpu_work;
 static atomic_t cpus_running = ATOMIC_INIT(0);
+/* read-only status: CPUs still printing their records */
+module_param_named(producing, cpus_running.counter, int, 0444);
 static struct delayed_work tick_work;
 static int stopping;
 static unsigned long start_jiffies;
@@ -240,44 +261,79 @@ static void ctl_send_str(u32 type, const char *s)
 
 /* ---- relay output ----------------------------------------------------- */
 
+/* Writes the decimal digits of v at p; returns how many. */
+static int put_dec(char *p, u32 v)
+{
+	char tmp[10];
+	int n = 0, i;
+
+	do {
+		tmp[n++] = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	for (i = 0; i < n; i++)
+		p[i] = tmp[n - 1 - i];
+	return n;
+}
+
 /*
- * Writes one record: header + payload, under print_lock so that sequence
- * numbers are global and increase in every CPU's buffer.  With cpu >= 0 the
- * payload is a record line "cpu=C n=N seq=S ..." padded to `len` bytes.
+ * Writes one record: header + payload, straight into this CPU's relay
+ * buffer.  With cpu >= 0 the payload is a record line
+ * "cpu=C n=N seq=S ...." padded with dots to `len` bytes, ending in '\n'.
+ * A full buffer (and no flight-recorder mode) drops the record.
  */
 static void stp_write_record(const char *data, u32 len, int cpu, int n)
 {
 	unsigned long flags;
-	char *rec;
+	spinlock_t *lock;
+	char *rec, *p;
 	u32 hlen = STP_GEN == 5 ? 12 : 8;
+	u32 seq;
 
-	if (!rchan || len == 0 || len > STP_MAX_RECORD)
+	if (!rchan || len == 0 || len + hlen > subbuf_size)
 		return;
-	rec = kmalloc(len + 12, GFP_ATOMIC);
-	if (!rec)
+	local_irq_save(flags);
+	lock = this_cpu_ptr(&print_lock);
+	spin_lock(lock);
+	rec = relay_reserve(rchan, hlen + len);
+	if (!rec) {
+		spin_unlock(lock);
+		local_irq_restore(flags);
+		atomic_inc(&dropped);
 		return;
-	spin_lock_irqsave(&print_lock, flags);
-	sequence++;
+	}
+	seq = atomic_inc_return(&sequence);
 #if STP_GEN == 5
 	memcpy(rec, "\xF0\x9F\xA9\xBA", 4);
-	memcpy(rec + 4, &sequence, 4);
+	memcpy(rec + 4, &seq, 4);
 	memcpy(rec + 8, &len, 4);
 #else
-	memcpy(rec, &sequence, 4);
+	memcpy(rec, &seq, 4);
 	memcpy(rec + 4, &len, 4);
 #endif
-	if (cpu >= 0) {
-		int k = scnprintf(rec + hlen, len, "cpu=%d n=%d seq=%u ", cpu, n, sequence);
-
-		if (k < len - 1)
-			memset(rec + hlen + k, '.', len - 1 - k);
+	p = rec + hlen;
+	if (cpu >= 0 && len >= 48) {
+		/* "cpu=C n=N seq=S " needs at most 4+10+3+10+5+10+1 = 43 bytes */
+		memcpy(p, "cpu=", 4);
+		p += 4;
+		p += put_dec(p, cpu);
+		memcpy(p, " n=", 3);
+		p += 3;
+		p += put_dec(p, n);
+		memcpy(p, " seq=", 5);
+		p += 5;
+		p += put_dec(p, seq);
+		*p++ = ' ';
+		memset(p, '.', rec + hlen + len - 1 - p);
 		rec[hlen + len - 1] = '\n';
+	} else if (cpu >= 0) {
+		memset(p, '.', len - 1);
+		p[len - 1] = '\n';
 	} else {
-		memcpy(rec + hlen, data, len);
+		memcpy(p, data, len);
 	}
-	relay_write(rchan, rec, hlen + len);
-	spin_unlock_irqrestore(&print_lock, flags);
-	kfree(rec);
+	spin_unlock(lock);
+	local_irq_restore(flags);
 }
 
 static void stp_print(const char *data, u32 len)
@@ -336,10 +392,10 @@ static ssize_t relay_proc_read(struct file *filp, char __user *ubuf,
 	unsigned long flags;
 
 	/* Switch out a partially filled sub-buffer so readers see it now. */
-	spin_lock_irqsave(&print_lock, flags);
+	spin_lock_irqsave(per_cpu_ptr(&print_lock, buf->cpu), flags);
 	if (buf->offset)
 		relay_switch_subbuf(buf, 0);
-	spin_unlock_irqrestore(&print_lock, flags);
+	spin_unlock_irqrestore(per_cpu_ptr(&print_lock, buf->cpu), flags);
 	if (buf->subbufs_produced == buf->subbufs_consumed)
 		return -ENODATA;
 	return relay_file_operations.read(filp, ubuf, count, ppos);
@@ -409,17 +465,32 @@ static void request_exit(void)
 static void cpu_work_fn(struct work_struct *w)
 {
 	int cpu = raw_smp_processor_id();
+	u32 hlen = STP_GEN == 5 ? 12 : 8;
 	int size = clamp(record_size, 32, STP_MAX_RECORD);
-	int i;
+	/* a print that does not fit one sub-buffer: equal records that do */
+	int pieces = DIV_ROUND_UP(size, subbuf_size - hlen);
+	u64 t0 = ktime_get_ns();
+	int i, k;
 
 	for (i = 0; i < records && !READ_ONCE(stopping); i++) {
-		stp_write_record(NULL, size, cpu, i);
-		if (rate > 0)
-			msleep(max(1, 1000 / rate));
-		else if ((i & 63) == 63)
+		for (k = 0; k < pieces; k++)
+			stp_write_record(NULL, size / pieces + (k < size % pieces),
+					 cpu, i);
+		if (rate > 0) {
+			/* pace on elapsed time: print i+1 is due at (i+1)/rate s */
+			u64 due = t0 + div_u64((u64)(i + 1) * NSEC_PER_SEC, rate);
+			s64 ahead = (s64)(due - ktime_get_ns());
+
+			if (ahead > 200 * NSEC_PER_USEC)
+				usleep_range(div_u64(ahead, NSEC_PER_USEC),
+					     div_u64(ahead, NSEC_PER_USEC) + 200);
+			else if ((i & 63) == 63)
+				cond_resched();
+		} else if ((i & 63) == 63) {
 			cond_resched();
+		}
 	}
-	if (atomic_dec_and_test(&cpus_running) && run_ms <= 0)
+	if (atomic_dec_and_test(&cpus_running) && run_ms <= 0 && !autostart)
 		request_exit();
 }
 
@@ -775,8 +846,10 @@ static int __init stp_fixture_init(void)
 		rc = -ENOMEM;
 		goto err;
 	}
-	for_each_possible_cpu(cpu)
+	for_each_possible_cpu(cpu) {
 		INIT_WORK(per_cpu_ptr(cpu_work, cpu), cpu_work_fn);
+		spin_lock_init(per_cpu_ptr(&print_lock, cpu));
+	}
 	INIT_DELAYED_WORK(&tick_work, tick_fn);
 
 	relay_proc_ops.proc_open = relay_proc_open;
@@ -824,6 +897,15 @@ static int __init stp_fixture_init(void)
 	if (malformed)
 		queue_malformed();
 	ctl_send(STP_TRANSPORT, NULL, 0);
+	if (autostart) {
+		/* no stapio: begin now, buffers not in flight-recorder mode */
+		atomic_set(&transport_state, TS_START_CALLED);
+		if (probes_begin(0) == 0) {
+			probes_started = 1;
+			WRITE_ONCE(started, 1);
+		}
+		atomic_set(&transport_state, TS_START_FINISHED);
+	}
 	return 0;
 err:
 	remove_files();
@@ -839,6 +921,9 @@ static void __exit stp_fixture_exit(void)
 	WRITE_ONCE(stopping, 1);
 	cancel_delayed_work_sync(&tick_work);
 	destroy_workqueue(wq);	/* drains the per-CPU record works */
+	/* for `cargo xtask bench`: records that found the buffer full */
+	pr_info("%s: records written %u, dropped %d\n", THIS_MODULE->name,
+		(u32)atomic_read(&sequence), atomic_read(&dropped));
 	remove_files();
 	free_queue();
 	free_percpu(cpu_work);

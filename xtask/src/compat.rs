@@ -887,7 +887,8 @@ fn image(base: &Path, extras: &[Entry], out: &Path) -> Result<()> {
 }
 
 /// vm-prepare, then the modules, the C reference and the compat initramfs.
-pub fn prepare(opts: &Options) -> Result<()> {
+/// Returns the artifacts with that initramfs in place of vm-prepare's.
+pub fn prepare(opts: &Options) -> Result<vm::Artifacts> {
     let art = prepare::prepare(&opts.vm)?;
     if !art.product {
         return Err("compat-prepare needs our staprun/stapio: drop --infra-only".into());
@@ -948,5 +949,5 @@ pub fn prepare(opts: &Options) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         env_path.display()
     );
-    Ok(())
+    Ok(vm::Artifacts { initrd, ..art })
 }

@@ -18,10 +18,13 @@
 //! - `vm-install-test [-- <libtest args>]`: vm-prepare, deb, a --destdir install, then
 //!   `cargo test -p vm --test install` (the package and the install in a guest).
 //! - `compat-prepare`: vm-prepare, real SystemTap modules, the C staprun/stapio, compat initramfs.
+//! - `bench [--cpus 2,4] ...`: compat-prepare, then throughput and start-up of our stapio
+//!   against the C one in guests (docs/bench.md).
 //! - `compat-test [-- <libtest args>]`: compat-prepare, then `cargo test -p vm --test compat`
 //!   (`STAPRUN_UNDER_TEST=ours|theirs|both` selects the implementations).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod compat;
 mod cpio;
 mod deb;
@@ -108,6 +111,8 @@ enum Cmd {
     },
     /// The guest suite on every kernel of the matrix (6.1, 6.12, 7.x): a kernel x scenario table.
     Matrix(matrix::Options),
+    /// compat-prepare, then relay throughput and start-up, ours vs the C stapio, in 2- and 4-vCPU guests.
+    Bench(bench::Options),
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -274,7 +279,7 @@ fn main() -> ExitCode {
             test_args,
         } => vm_test(opts, *nextest, test_args),
         Cmd::Demo { opts } => demo(opts),
-        Cmd::CompatPrepare(opts) => compat::prepare(opts),
+        Cmd::CompatPrepare(opts) => compat::prepare(opts).map(|_| ()),
         Cmd::CompatTest { opts, test_args } => compat_test(opts, test_args),
         Cmd::Test { opts } => test_all(opts),
         Cmd::Install(opts) => install::install(opts),
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
         Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
         Cmd::Matrix(opts) => matrix::matrix(opts),
         Cmd::Fuzz { seconds } => fuzz::run(*seconds),
+        Cmd::Bench(opts) => bench::bench(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,7 +91,7 @@ pub enum Impl {
 }
 
 impl Impl {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Impl::Ours => "ours",
             Impl::Theirs => "theirs",
@@ -114,7 +114,7 @@ fn same_file(a: &str, b: &str) -> bool {
 }
 
 /// Makes `/usr/bin/staprun` the implementation under test.
-fn activate(imp: Impl) -> Result<(), String> {
+pub fn activate(imp: Impl) -> Result<(), String> {
     let c_active = same_file(STAPRUN, C_STAPRUN);
     match imp {
         Impl::Theirs if !c_active => {
@@ -474,7 +474,7 @@ fn unload_all() -> Vec<String> {
 
 /// True while `pid` exists and is not a zombie. A `-D` daemon is reparented
 /// to the agent (PID 1), which does not reap it: a zombie has exited.
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))

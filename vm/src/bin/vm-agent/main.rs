@@ -6,6 +6,7 @@
 //! module is left loaded, and powers off.
 
 mod attacks;
+mod bench;
 mod compat;
 mod install;
 mod product;

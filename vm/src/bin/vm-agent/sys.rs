@@ -99,3 +99,68 @@ pub fn finit_module(path: &str, params: &str) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// What wait4(2) reports about a child that ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    /// Exit code, or `None` when a signal ended it.
+    pub code: Option<i32>,
+    /// User + system CPU seconds of the child and the children it waited for.
+    pub cpu_secs: f64,
+    /// Largest resident set size (KiB) of the child or of any child it waited for.
+    pub maxrss_kib: u64,
+}
+
+/// Blocks in wait4(2) for `pid` (a child that nothing else waits for).
+pub fn wait4(pid: u32) -> io::Result<Ended> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `ru` are valid for writes for the duration of the call.
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
+        if rc == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        break;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Ended {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        cpu_secs: secs(ru.ru_utime) + secs(ru.ru_stime),
+        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+    })
+}
+
+/// delete_module(2) of `name` (O_NONBLOCK, as rmmod).
+pub fn delete_module(name: &str) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: `n` is a valid C string for the duration of the call.
+    let rc = unsafe { libc::syscall(libc::SYS_delete_module, n.as_ptr(), libc::O_NONBLOCK) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET and
+    // sched_setaffinity only touch that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// poll(2) on one descriptor; the number of ready descriptors (0 on timeout or error).
+pub fn poll(pfd: &mut libc::pollfd, timeout_ms: i32) -> i32 {
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    unsafe { libc::poll(pfd, 1, timeout_ms) }.max(0)
+}

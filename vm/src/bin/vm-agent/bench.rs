@@ -1,0 +1,578 @@
+//! Scenario `bench` (guest side of `cargo xtask bench`, compat image): relay
+//! throughput and start-up of our stapio against the C stapio 4.8 on the
+//! fixture module, plus the copy ceiling of the same guest.
+//!
+//! Every run is alice (stapusr) running `staprun -o OUT pmod records=R
+//! record_size=S [bulk=1] [rate=P]` with pmod in the blessed directory, the
+//! implementation chosen by bind-mounting the C staprun over ours (as the
+//! compat suite does). Results go out as `BENCH ...` lines (key=value); the
+//! host turns them into the table of docs/bench.md.
+//!
+//! Kernel command line (all optional): `bench.mib=N` MiB of payload per CPU
+//! per run (default 32), `bench.sizes=64,1024,16384`, `bench.tools=ours,theirs`,
+//! `bench.startup=N` start-up runs per tool (default 7), `bench.outs=tmpfs,null`,
+//! `bench.modes=serial,bulk`, `bench.loads=max,rate`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read as _, Seek as _, SeekFrom};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::compat::{self, Impl};
+use crate::scenarios::{FIXTURES, Scenario, blessed_dir, install_fixture};
+use crate::sys;
+use crate::util::{ALICE, Reporter, command_as};
+
+pub const SCENARIOS: &[(&str, Scenario)] = &[("bench", bench)];
+
+const STAPRUN: &str = "/usr/bin/staprun";
+const OUT_DIR: &str = "/tmp/bench";
+/// 4.x relay record header (the fixture pmod is a 4.x module, like the C 4.8 tools).
+const HLEN: u64 = 8;
+/// Largest record the fixture puts in one 4 KiB sub-buffer.
+const MAX_PIECE: u64 = 4096 - HLEN;
+/// The begin and end lines of pmod ("pmod: hello from begin\n", "pmod: end\n").
+const FRAME_LINES: [u64; 2] = [23, 10];
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+fn param(key: &str) -> Option<String> {
+    fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_owned)
+        })
+}
+
+fn list(key: &str, default: &str) -> Vec<String> {
+    param(key)
+        .unwrap_or_else(|| default.to_owned())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn ncpus() -> usize {
+    crate::num_cpus()
+}
+
+/// Relay records one print of `size` bytes becomes.
+fn pieces(size: u64) -> u64 {
+    size.div_ceil(MAX_PIECE)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Serial,
+    Bulk,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Sink {
+    Tmpfs,
+    Null,
+}
+
+/// One run's result.
+#[derive(Debug, Default, Clone)]
+struct RunResult {
+    secs: f64,
+    /// Payload bytes the output shows (tmpfs), or expected minus dropped (/dev/null).
+    payload: u64,
+    prints_expected: u64,
+    prints_lost: u64,
+    /// Records the module could not place (its buffer was full).
+    dropped: u64,
+    cpu_secs: f64,
+    maxrss_kib: u64,
+    exit: Option<i32>,
+    stderr: String,
+}
+
+impl RunResult {
+    fn mbps(&self) -> f64 {
+        self.payload as f64 / 1e6 / self.secs.max(1e-9)
+    }
+}
+
+/// Reads the kernel log lines written since `open_kmsg`.
+struct Kmsg(fs::File);
+
+impl Kmsg {
+    fn open() -> io::Result<Kmsg> {
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")?;
+        f.seek(SeekFrom::End(0))?;
+        Ok(Kmsg(f))
+    }
+
+    fn lines(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let s = String::from_utf8_lossy(&buf[..n]);
+                    if let Some((_, msg)) = s.split_once(';') {
+                        v.push(msg.lines().next().unwrap_or("").to_owned());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EAGAIN: no more; EPIPE: overwritten records, keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => break,
+            }
+        }
+        v
+    }
+}
+
+/// "pmod: records written N, dropped D" from the fixture's unload.
+fn fixture_report(lines: &[String]) -> Option<(u64, u64)> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("pmod: records written ")?;
+        let (w, d) = rest.split_once(", dropped ")?;
+        Some((w.trim().parse().ok()?, d.trim().parse().ok()?))
+    })
+}
+
+fn read_param(name: &str) -> Option<i64> {
+    fs::read_to_string(format!("/sys/module/pmod/parameters/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn clean_out_dir() -> io::Result<()> {
+    let _ = fs::remove_dir_all(OUT_DIR);
+    fs::create_dir(OUT_DIR)?;
+    fs::set_permissions(
+        OUT_DIR,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+}
+
+fn dir_bytes(dir: &str) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One `staprun` run as alice; `prints` per CPU of `size` bytes.
+fn run_one(mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResult {
+    let mut res = RunResult {
+        prints_expected: prints * ncpus() as u64,
+        ..RunResult::default()
+    };
+    if let Err(e) = clean_out_dir() {
+        res.stderr = format!("cannot make {OUT_DIR}: {e}");
+        return res;
+    }
+    let mut kmsg = Kmsg::open().ok();
+    let out = match sink {
+        Sink::Tmpfs => format!("{OUT_DIR}/out"),
+        Sink::Null => "/dev/null".to_owned(),
+    };
+    let mut argv = vec![
+        STAPRUN.to_owned(),
+        "-o".into(),
+        out,
+        "pmod".into(),
+        format!("records={prints}"),
+        format!("record_size={size}"),
+    ];
+    if mode == Mode::Bulk {
+        argv.push("bulk=1".into());
+    }
+    if rate > 0 {
+        argv.push(format!("rate={rate}"));
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut cmd = command_as(&ALICE, &argv, &[]);
+    cmd.current_dir(OUT_DIR)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let t_spawn = Instant::now();
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            res.stderr = format!("spawn: {e}");
+            return res;
+        }
+    };
+    let err_pipe = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = err_pipe {
+            let _ = p.read_to_string(&mut s);
+        }
+        s
+    });
+    // The clock starts when the module has run its begin probes (STP_START
+    // answered): load and handshake are the start-up figure's business.
+    let pid = child.id();
+    let watcher = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < RUN_LIMIT {
+            if read_param("started") == Some(1) {
+                return Some(Instant::now());
+            }
+            if !crate::compat::alive(pid) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    let ended = sys::wait4(pid);
+    let t_end = Instant::now();
+    let t_start = watcher.join().ok().flatten().unwrap_or(t_spawn);
+    // `child` was reaped by wait4: do not wait on it again.
+    std::mem::forget(child);
+    res.stderr = err_reader.join().unwrap_or_default();
+    res.secs = (t_end - t_start).as_secs_f64();
+    match ended {
+        Ok(e) => {
+            res.exit = e.code;
+            res.cpu_secs = e.cpu_secs;
+            res.maxrss_kib = e.maxrss_kib;
+        }
+        Err(e) => res.stderr.push_str(&format!("wait4: {e}")),
+    }
+    let report = kmsg.as_mut().map(Kmsg::lines).unwrap_or_default();
+    let (_, dropped) = fixture_report(&report).unwrap_or((0, u64::MAX));
+    res.dropped = dropped;
+    let per_print = match mode {
+        Mode::Serial => size,
+        Mode::Bulk => size + pieces(size) * HLEN,
+    };
+    let frame: u64 = match mode {
+        Mode::Serial => FRAME_LINES.iter().sum(),
+        Mode::Bulk => FRAME_LINES.iter().map(|l| l + HLEN).sum(),
+    };
+    let delivered = match sink {
+        Sink::Tmpfs => dir_bytes(OUT_DIR).saturating_sub(frame) / per_print,
+        // Nothing to count: what the module could not place is what was lost.
+        Sink::Null => res
+            .prints_expected
+            .saturating_sub(dropped.div_ceil(pieces(size))),
+    };
+    res.prints_lost = res.prints_expected.saturating_sub(delivered);
+    res.payload = delivered * size;
+    let _ = fs::remove_dir_all(OUT_DIR);
+    res
+}
+
+/// The copy ceiling: pmod started at load (autostart=1, no stapio), one
+/// pinned thread per CPU reading its traceN into a 1 MiB buffer that is
+/// thrown away. Returns (seconds, payload bytes).
+fn ceiling(size: u64, prints: u64) -> Result<(f64, u64), String> {
+    let params = format!("autostart=1 records={prints} record_size={size}");
+    let path = format!("{FIXTURES}/pmod.ko");
+    sys::finit_module(&path, &params).map_err(|e| format!("load pmod: {e}"))?;
+    let t0 = Instant::now();
+    let total = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for cpu in 0..ncpus() {
+        let total = total.clone();
+        threads.push(std::thread::spawn(move || -> Result<(), String> {
+            sys::pin_to_cpu(cpu);
+            let p = format!("/proc/systemtap/pmod/trace{cpu}");
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&p)
+                .map_err(|e| format!("open {p}: {e}"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut idle_done = false;
+            loop {
+                match f.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        total.fetch_add(n as u64, Ordering::Relaxed);
+                        idle_done = false;
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENODATA) | Some(libc::EAGAIN) | Some(libc::EINTR)
+                        ) => {}
+                    Err(e) => return Err(format!("read {p}: {e}")),
+                }
+                // Empty: done once every CPU has printed everything and a
+                // last read after that found nothing.
+                if idle_done {
+                    return Ok(());
+                }
+                if read_param("producing") == Some(0) {
+                    idle_done = true;
+                    continue;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                sys::poll(&mut pfd, 10);
+            }
+        }));
+    }
+    let mut err = None;
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            err.get_or_insert(e);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let unload = sys::delete_module("pmod");
+    if let Some(e) = err {
+        return Err(e);
+    }
+    unload.map_err(|e| format!("unload pmod: {e}"))?;
+    let raw = total.load(Ordering::Relaxed);
+    // Payload share of the relay bytes.
+    let payload = raw * size / (size + pieces(size) * HLEN);
+    Ok((secs, payload))
+}
+
+/// Memory bandwidth: GB/s of copying a 64 MiB buffer (read + write counted once).
+fn memory_bandwidth() -> f64 {
+    let n = 64 << 20;
+    let src = vec![0x5au8; n];
+    let mut dst = vec![0u8; n];
+    dst.copy_from_slice(&src);
+    let reps = 8;
+    let t0 = Instant::now();
+    for i in 0..reps {
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&dst[i]);
+    }
+    (n * reps) as f64 / 1e9 / t0.elapsed().as_secs_f64()
+}
+
+/// Start-up: time to the first byte on stdout and to the exit of
+/// `staprun pmod records=0` (begin line, then exit).
+fn startup_once() -> Result<(f64, f64), String> {
+    let mut cmd = command_as(&ALICE, &[STAPRUN, "pmod", "records=0"], &[]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let mut out = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        let first = match out.read(&mut b) {
+            Ok(1) => Some(t0.elapsed()),
+            _ => None,
+        };
+        let mut rest = Vec::new();
+        let _ = out.read_to_end(&mut rest);
+        first
+    });
+    let ended = sys::wait4(child.id()).map_err(|e| format!("wait4: {e}"))?;
+    let exit = t0.elapsed();
+    std::mem::forget(child);
+    let first = reader
+        .join()
+        .ok()
+        .flatten()
+        .ok_or("no output from the module")?;
+    if ended.code != Some(0) {
+        return Err(format!("exit {:?}", ended.code));
+    }
+    Ok((first.as_secs_f64(), exit.as_secs_f64()))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn tools() -> Vec<Impl> {
+    list("bench.tools", "ours,theirs")
+        .iter()
+        .filter_map(|t| match t.as_str() {
+            "ours" => Some(Impl::Ours),
+            "theirs" | "c" => Some(Impl::Theirs),
+            _ => None,
+        })
+        .collect()
+}
+
+fn bench(r: &mut Reporter) {
+    let cpus = ncpus();
+    let mib: u64 = param("bench.mib")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let sizes: Vec<u64> = list("bench.sizes", "64,1024,16384")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let startup_runs: usize = param("bench.startup")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    let modes: Vec<Mode> = list("bench.modes", "serial,bulk")
+        .iter()
+        .filter_map(|m| match m.as_str() {
+            "serial" => Some(Mode::Serial),
+            "bulk" => Some(Mode::Bulk),
+            _ => None,
+        })
+        .collect();
+    let sinks: Vec<Sink> = list("bench.outs", "tmpfs,null")
+        .iter()
+        .filter_map(|m| match m.as_str() {
+            "tmpfs" => Some(Sink::Tmpfs),
+            "null" => Some(Sink::Null),
+            _ => None,
+        })
+        .collect();
+    let loads = list("bench.loads", "max,rate");
+    let tools = tools();
+    if !r.check(
+        "bench_image",
+        Path::new("/opt/c/usr/bin/staprun").exists() || !tools.contains(&Impl::Theirs),
+        "the C staprun is missing: boot the compat image (cargo xtask bench does)",
+    ) {
+        return;
+    }
+    let dest = blessed_dir().join("pmod.ko");
+    if !r.check(
+        "publish_pmod",
+        install_fixture("pmod", &dest, 0o644, 0, 0).is_ok(),
+        dest.display().to_string(),
+    ) {
+        return;
+    }
+    r.line(&format!("BENCH env cpus={cpus} mib_per_cpu={mib}"));
+    r.line(&format!("BENCH membw gbps={:.3}", memory_bandwidth()));
+
+    // Start-up, alternating the tools.
+    let mut first: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut exit: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..startup_runs {
+        for &t in &tools {
+            if let Err(e) = compat::activate(t) {
+                r.check("activate", false, e);
+                return;
+            }
+            match startup_once() {
+                Ok((f, x)) => {
+                    first.entry(t.name()).or_default().push(f);
+                    exit.entry(t.name()).or_default().push(x);
+                }
+                Err(e) => {
+                    r.check(&format!("startup_{}", t.name()), false, e);
+                }
+            }
+        }
+    }
+    for &t in &tools {
+        let f = first.get_mut(t.name()).map(|v| median(v)).unwrap_or(0.0);
+        let x = exit.get_mut(t.name()).map(|v| median(v)).unwrap_or(0.0);
+        r.line(&format!(
+            "BENCH startup tool={} runs={startup_runs} first_ms={:.1} exit_ms={:.1}",
+            t.name(),
+            f * 1e3,
+            x * 1e3
+        ));
+    }
+
+    for &size in &sizes {
+        let prints = (mib << 20) / size;
+        // The copy ceiling for this record size.
+        match ceiling(size, prints) {
+            Ok((secs, payload)) => r.line(&format!(
+                "BENCH ceiling size={size} secs={secs:.3} mbps={:.1}",
+                payload as f64 / 1e6 / secs
+            )),
+            Err(e) => {
+                r.check(&format!("ceiling_{size}"), false, e);
+            }
+        }
+        for &mode in &modes {
+            for &sink in &sinks {
+                // As fast as the module can print, then at 90% of what the C
+                // stapio delivered at full speed (ours when C is not run).
+                let mut max_mbps: BTreeMap<&str, f64> = BTreeMap::new();
+                for load in &loads {
+                    let rate = match load.as_str() {
+                        "max" => 0,
+                        "rate" => {
+                            let base = max_mbps
+                                .get("theirs")
+                                .or_else(|| max_mbps.get("ours"))
+                                .copied()
+                                .unwrap_or(0.0);
+                            if base <= 0.0 {
+                                continue;
+                            }
+                            ((base * 0.9 * 1e6 / size as f64 / cpus as f64) as u64).max(1)
+                        }
+                        _ => continue,
+                    };
+                    for &t in &tools {
+                        if let Err(e) = compat::activate(t) {
+                            r.check("activate", false, e);
+                            return;
+                        }
+                        let res = run_one(mode, sink, size, prints, rate);
+                        let ok = res.exit == Some(0) && res.payload > 0;
+                        r.check(
+                            &format!("run_{}_{mode:?}_{sink:?}_{size}_{load}", t.name()),
+                            ok,
+                            format!("exit {:?} stderr {:?}", res.exit, res.stderr),
+                        );
+                        if load == "max" {
+                            max_mbps.insert(t.name(), res.mbps());
+                        }
+                        r.line(&format!(
+                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} cpu_s={:.3} rss_kib={} exit={}",
+                            t.name(),
+                            match mode {
+                                Mode::Serial => "serial",
+                                Mode::Bulk => "bulk",
+                            },
+                            match sink {
+                                Sink::Tmpfs => "tmpfs",
+                                Sink::Null => "null",
+                            },
+                            res.secs,
+                            res.mbps(),
+                            res.payload,
+                            res.prints_expected,
+                            res.prints_lost,
+                            res.dropped,
+                            res.cpu_secs,
+                            res.maxrss_kib,
+                            res.exit.map_or("signal".to_owned(), |c| c.to_string()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let _ = compat::activate(Impl::Ours);
+    let _ = fs::remove_file(&dest);
+}

@@ -1,0 +1,385 @@
+//! `cargo xtask bench`: relay throughput and start-up of our stapio against
+//! the C stapio 4.8, in QEMU guests with 2 and 4 vCPUs (guest side:
+//! `vm/src/bin/vm-agent/bench.rs`; results and how to read them:
+//! docs/bench.md).
+//!
+//! Each guest boots the compat image (which holds the C tools) with scenario
+//! `bench`; its `BENCH ...` lines become one markdown report, printed and
+//! written to `target/bench/report.md` (raw lines: `target/bench/raw-N.txt`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::Result;
+use crate::compat;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    #[command(flatten)]
+    pub compat: compat::Options,
+    /// vCPU counts, one guest each.
+    #[arg(long, value_delimiter = ',', default_value = "2,4")]
+    pub cpus: Vec<u32>,
+    /// MiB of payload per CPU per run.
+    #[arg(long, default_value_t = 32)]
+    pub mib: u32,
+    /// Print sizes in bytes (a print over 4088 bytes is several relay records).
+    #[arg(long, default_value = "64,1024,16384")]
+    pub sizes: String,
+    /// Implementations: ours, theirs (the C stapio 4.8).
+    #[arg(long, default_value = "ours,theirs")]
+    pub tools: String,
+    /// serial, bulk.
+    #[arg(long, default_value = "serial,bulk")]
+    pub modes: String,
+    /// tmpfs, null.
+    #[arg(long, default_value = "tmpfs,null")]
+    pub outs: String,
+    /// max (as fast as the module prints), rate (90% of what C delivered at max).
+    #[arg(long, default_value = "max,rate")]
+    pub loads: String,
+    /// Start-up runs per implementation (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub startup: u32,
+    /// Guest memory in MiB (relay buffers are 16 MiB per CPU; tmpfs holds the output).
+    #[arg(long, default_value_t = 2048)]
+    pub mem: u32,
+}
+
+/// One `BENCH run` line.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    tool: String,
+    mode: String,
+    out: String,
+    size: u64,
+    load: String,
+    mbps: f64,
+    lost: u64,
+    expected: u64,
+    cpu_s: f64,
+    payload: u64,
+    rss_kib: u64,
+}
+
+fn kv(line: &str) -> BTreeMap<&str, &str> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect()
+}
+
+/// Parsed results of one guest.
+#[derive(Default)]
+struct GuestResults {
+    cpus: u32,
+    membw: f64,
+    startup: BTreeMap<String, (f64, f64)>,
+    ceiling: BTreeMap<u64, f64>,
+    runs: Vec<Run>,
+}
+
+fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
+    let mut g = GuestResults {
+        cpus,
+        ..GuestResults::default()
+    };
+    for l in lines {
+        let Some(rest) = l.strip_prefix("BENCH ") else {
+            continue;
+        };
+        let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let m = kv(rest);
+        let f = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let u = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let s = |k: &str| m.get(k).copied().unwrap_or("").to_owned();
+        match kind {
+            "membw" => g.membw = f("gbps"),
+            "startup" => {
+                g.startup.insert(s("tool"), (f("first_ms"), f("exit_ms")));
+            }
+            "ceiling" => {
+                g.ceiling.insert(u("size"), f("mbps"));
+            }
+            "run" => g.runs.push(Run {
+                tool: s("tool"),
+                mode: s("mode"),
+                out: s("out"),
+                size: u("size"),
+                load: s("load"),
+                mbps: f("mbps"),
+                lost: u("lost"),
+                expected: u("expected"),
+                cpu_s: f("cpu_s"),
+                payload: u("payload"),
+                rss_kib: u("rss_kib"),
+            }),
+            _ => {}
+        }
+    }
+    g
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn cpu_per_gb(r: &Run) -> f64 {
+    if r.payload == 0 {
+        0.0
+    } else {
+        r.cpu_s / (r.payload as f64 / 1e9)
+    }
+}
+
+fn size_name(s: u64) -> String {
+    if s >= 1024 && s % 1024 == 0 {
+        format!("{} KiB", s / 1024)
+    } else {
+        format!("{s} B")
+    }
+}
+
+/// The markdown report of one guest, and the target checks.
+fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "### {} vCPUs\n", g.cpus);
+    let _ = writeln!(
+        o,
+        "Memory bandwidth (64 MiB memcpy): {:.2} GB/s. Copy ceiling (plain read of the relay files, pinned thread per CPU, payload MB/s): {}.\n",
+        g.membw,
+        g.ceiling
+            .iter()
+            .map(|(s, m)| format!("{} {m:.1}", size_name(*s)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let (Some(o_), Some(c)) = (g.startup.get("ours"), g.startup.get("theirs")) {
+        let _ = writeln!(
+            o,
+            "Start-up (median, `staprun pmod records=0` as alice): first output byte ours {:.0} ms, C {:.0} ms (ratio {}); exit ours {:.0} ms, C {:.0} ms (ratio {}).\n",
+            o_.0,
+            c.0,
+            ratio(o_.0, c.0),
+            o_.1,
+            c.1,
+            ratio(o_.1, c.1)
+        );
+        if o_.0 > c.0 || o_.1 > c.1 {
+            targets.push(format!(
+                "{} vCPUs: start-up slower than C (first byte {:.0}/{:.0} ms, exit {:.0}/{:.0} ms)",
+                g.cpus, o_.0, c.0, o_.1, c.1
+            ));
+        }
+    } else {
+        for (t, (f, x)) in &g.startup {
+            let _ = writeln!(
+                o,
+                "Start-up (median) {t}: first byte {f:.0} ms, exit {x:.0} ms.\n"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "| mode | output | print | load | ours MB/s | C MB/s | ours/C | ours lost | C lost | ours CPU s/GB | C CPU s/GB | ours peak RSS MiB | C peak RSS MiB | ours % of ceiling |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut keys: Vec<(String, String, u64, String)> = g
+        .runs
+        .iter()
+        .map(|r| (r.mode.clone(), r.out.clone(), r.size, r.load.clone()))
+        .collect();
+    keys.sort_by(|a, b| (&a.0, &a.1, a.2, a.3 != "max").cmp(&(&b.0, &b.1, b.2, b.3 != "max")));
+    keys.dedup();
+    let find = |tool: &str, k: &(String, String, u64, String)| {
+        g.runs.iter().find(|r| {
+            r.tool == tool && r.mode == k.0 && r.out == k.1 && r.size == k.2 && r.load == k.3
+        })
+    };
+    for k in &keys {
+        let ours = find("ours", k);
+        let c = find("theirs", k);
+        let num = |r: Option<&Run>, f: &dyn Fn(&Run) -> String| r.map(f).unwrap_or("-".into());
+        let ceiling = g.ceiling.get(&k.2).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            k.0,
+            if k.1 == "null" { "/dev/null" } else { "tmpfs" },
+            size_name(k.2),
+            if k.3 == "max" { "max" } else { "90% of C max" },
+            num(ours, &|r| format!("{:.1}", r.mbps)),
+            num(c, &|r| format!("{:.1}", r.mbps)),
+            match (ours, c) {
+                (Some(a), Some(b)) => ratio(a.mbps, b.mbps),
+                _ => "-".into(),
+            },
+            num(ours, &|r| format!("{} of {}", r.lost, r.expected)),
+            num(c, &|r| format!("{} of {}", r.lost, r.expected)),
+            num(ours, &|r| format!("{:.1}", cpu_per_gb(r))),
+            num(c, &|r| format!("{:.1}", cpu_per_gb(r))),
+            num(ours, &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0)),
+            num(c, &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0)),
+            num(ours, &|r| if ceiling > 0.0 {
+                format!("{:.0}%", 100.0 * r.mbps / ceiling)
+            } else {
+                "-".into()
+            }),
+        );
+        if let (Some(a), Some(b)) = (ours, c) {
+            let row = format!(
+                "{} vCPUs {} {} {} {}",
+                g.cpus,
+                k.0,
+                k.1,
+                size_name(k.2),
+                k.3
+            );
+            if k.3 == "max" && a.mbps < b.mbps {
+                targets.push(format!("{row}: ours {:.1} < C {:.1} MB/s", a.mbps, b.mbps));
+            }
+            if k.3 == "max" && k.0 == "bulk" && a.mbps < 1.5 * b.mbps {
+                targets.push(format!(
+                    "{row}: bulk ours/C {:.2} < 1.5",
+                    a.mbps / b.mbps.max(1e-9)
+                ));
+            }
+            if b.lost == 0 && a.lost > 0 {
+                targets.push(format!("{row}: ours lost {} where C lost none", a.lost));
+            }
+        }
+        if k.0 == "serial"
+            && let (Some(s), Some(b)) = (
+                ours,
+                find("ours", &("bulk".into(), k.1.clone(), k.2, k.3.clone())),
+            )
+            && s.mbps < 0.85 * b.mbps
+        {
+            targets.push(format!(
+                "{} vCPUs {} {} {}: ours serial {:.1} is {:.0}% of ours bulk {:.1}",
+                g.cpus,
+                k.1,
+                size_name(k.2),
+                k.3,
+                s.mbps,
+                100.0 * s.mbps / b.mbps,
+                b.mbps
+            ));
+        }
+    }
+    o
+}
+
+pub fn bench(opts: &Options) -> Result<()> {
+    let t0 = Instant::now();
+    let art = compat::prepare(&opts.compat)?;
+    let dir = vm::target_dir().join("bench");
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "## Relay throughput and start-up, ours vs the C stapio (Debian systemtap-runtime 4.8)\n"
+    );
+    let _ = writeln!(
+        text,
+        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --startup {}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
+        opts.cpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        opts.mib,
+        opts.sizes,
+        opts.tools,
+        opts.modes,
+        opts.outs,
+        opts.loads,
+        opts.startup,
+        art.kver,
+        art.accel,
+        opts.mem
+    );
+    let mut targets = Vec::new();
+    for &cpus in &opts.cpus {
+        let mut spec = vm::BootSpec::new("bench");
+        spec.smp = cpus;
+        spec.mem_mib = opts.mem;
+        spec.timeout = Duration::from_secs(3600);
+        spec.append.extend([
+            format!("bench.mib={}", opts.mib),
+            format!("bench.sizes={}", opts.sizes),
+            format!("bench.tools={}", opts.tools),
+            format!("bench.modes={}", opts.modes),
+            format!("bench.outs={}", opts.outs),
+            format!("bench.loads={}", opts.loads),
+            format!("bench.startup={}", opts.startup),
+        ]);
+        eprintln!("xtask: bench guest with {cpus} vCPUs ({})", art.accel);
+        let run = vm::boot(&art, &spec)?;
+        let lines: Vec<&str> = run.events().collect();
+        let raw = dir.join(format!("raw-{cpus}.txt"));
+        fs::write(&raw, lines.join("\n") + "\n")
+            .map_err(|e| format!("write {}: {e}", raw.display()))?;
+        for l in lines.iter().filter(|l| l.starts_with("BENCH ")) {
+            eprintln!("xtask: {l}");
+        }
+        run.assert_passed()
+            .map_err(|e| format!("bench guest ({cpus} vCPUs) failed: {e}"))?;
+        let g = parse(cpus, &lines);
+        text.push_str(&report(&g, &mut targets));
+        text.push('\n');
+    }
+    let _ = writeln!(text, "### Targets not met\n");
+    if targets.is_empty() {
+        let _ = writeln!(text, "None.");
+    }
+    for t in &targets {
+        let _ = writeln!(text, "- {t}");
+    }
+    let _ = writeln!(text, "\nWall time {:.0} s.", t0.elapsed().as_secs_f64());
+    let path = dir.join("report.md");
+    fs::write(&path, &text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    println!("{text}");
+    eprintln!("xtask: report written to {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_reports_ratios_and_missed_targets() {
+        let lines = [
+            "BENCH membw gbps=2.5",
+            "BENCH startup tool=ours runs=3 first_ms=50.0 exit_ms=80.0",
+            "BENCH startup tool=theirs runs=3 first_ms=60.0 exit_ms=500.0",
+            "BENCH ceiling size=64 secs=1 mbps=200.0",
+            "BENCH run tool=ours mode=bulk out=null size=64 load=max rate=0 secs=1 mbps=100.00 payload=100000000 expected=10 lost=0 dropped=0 cpu_s=0.5 rss_kib=2048 exit=0",
+            "BENCH run tool=theirs mode=bulk out=null size=64 load=max rate=0 secs=1 mbps=80.00 payload=80000000 expected=10 lost=0 dropped=0 cpu_s=0.5 rss_kib=1024 exit=0",
+            "BENCH run tool=ours mode=serial out=null size=64 load=max rate=0 secs=1 mbps=50.00 payload=50000000 expected=10 lost=3 dropped=3 cpu_s=0.5 rss_kib=2048 exit=0",
+            "BENCH run tool=theirs mode=serial out=null size=64 load=max rate=0 secs=1 mbps=60.00 payload=60000000 expected=10 lost=0 dropped=0 cpu_s=0.5 rss_kib=1024 exit=0",
+        ];
+        let g = parse(2, &lines);
+        assert_eq!(g.runs.len(), 4);
+        let mut t = Vec::new();
+        let md = report(&g, &mut t);
+        assert!(
+            md.contains("| bulk | /dev/null | 64 B | max | 100.0 | 80.0 | 1.25 |"),
+            "{md}"
+        );
+        assert!(md.contains("50%"), "{md}");
+        // bulk < 1.5x C, serial < C, serial lost where C did not, serial < 85% of bulk
+        assert_eq!(t.len(), 4, "{t:?}");
+        assert!(t.iter().any(|x| x.contains("bulk ours/C 1.25")));
+        assert!(t.iter().any(|x| x.contains("lost 3 where C lost none")));
+    }
+}
