@@ -75,7 +75,8 @@ fn kv(line: &str) -> BTreeMap<&str, &str> {
 struct GuestResults {
     cpus: u32,
     membw: f64,
-    startup: BTreeMap<String, (f64, f64)>,
+    /// Median ms from the spawn: loaded, started, first byte, unloaded, exit.
+    startup: BTreeMap<String, [f64; 5]>,
     ceiling: BTreeMap<u64, f64>,
     runs: Vec<Run>,
 }
@@ -97,7 +98,16 @@ fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
         match kind {
             "membw" => g.membw = f("gbps"),
             "startup" => {
-                g.startup.insert(s("tool"), (f("first_ms"), f("exit_ms")));
+                g.startup.insert(
+                    s("tool"),
+                    [
+                        f("loaded_ms"),
+                        f("started_ms"),
+                        f("first_ms"),
+                        f("unloaded_ms"),
+                        f("exit_ms"),
+                    ],
+                );
             }
             "ceiling" => {
                 g.ceiling.insert(u("size"), f("mbps"));
@@ -159,29 +169,42 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if let (Some(o_), Some(c)) = (g.startup.get("ours"), g.startup.get("theirs")) {
+    if !g.startup.is_empty() {
         let _ = writeln!(
             o,
-            "Start-up (median, `staprun pmod records=0` as alice): first output byte ours {:.0} ms, C {:.0} ms (ratio {}); exit ours {:.0} ms, C {:.0} ms (ratio {}).\n",
-            o_.0,
-            c.0,
-            ratio(o_.0, c.0),
-            o_.1,
-            c.1,
-            ratio(o_.1, c.1)
+            "Start-up of `staprun pmod records=0` as alice (median ms from the spawn):\n"
         );
-        if o_.0 > c.0 || o_.1 > c.1 {
-            targets.push(format!(
-                "{} vCPUs: start-up slower than C (first byte {:.0}/{:.0} ms, exit {:.0}/{:.0} ms)",
-                g.cpus, o_.0, c.0, o_.1, c.1
-            ));
-        }
-    } else {
-        for (t, (f, x)) in &g.startup {
+        let none = [f64::NAN; 5];
+        let ours = g.startup.get("ours").unwrap_or(&none);
+        let c = g.startup.get("theirs").unwrap_or(&none);
+        let _ = writeln!(o, "| phase | ours | C | ours/C |\n|---|---:|---:|---:|");
+        for (i, phase) in [
+            "module loaded",
+            "begin probes done (STP_START answered)",
+            "first output byte",
+            "module unloaded",
+            "exit",
+        ]
+        .iter()
+        .enumerate()
+        {
             let _ = writeln!(
                 o,
-                "Start-up (median) {t}: first byte {f:.0} ms, exit {x:.0} ms.\n"
+                "| {phase} | {:.0} | {:.0} | {} |",
+                ours[i],
+                c[i],
+                ratio(ours[i], c[i])
             );
+        }
+        o.push('\n');
+        if g.startup.contains_key("ours")
+            && g.startup.contains_key("theirs")
+            && (ours[2] > c[2] || ours[4] > c[4])
+        {
+            targets.push(format!(
+                "{} vCPUs: start-up slower than C (first byte {:.0}/{:.0} ms, exit {:.0}/{:.0} ms)",
+                g.cpus, ours[2], c[2], ours[4], c[4]
+            ));
         }
     }
     let _ = writeln!(
@@ -360,8 +383,8 @@ mod tests {
     fn parses_and_reports_ratios_and_missed_targets() {
         let lines = [
             "BENCH membw gbps=2.5",
-            "BENCH startup tool=ours runs=3 first_ms=50.0 exit_ms=80.0",
-            "BENCH startup tool=theirs runs=3 first_ms=60.0 exit_ms=500.0",
+            "BENCH startup tool=ours runs=3 loaded_ms=10 started_ms=20 first_ms=50.0 unloaded_ms=70 exit_ms=80.0",
+            "BENCH startup tool=theirs runs=3 loaded_ms=10 started_ms=20 first_ms=60.0 unloaded_ms=400 exit_ms=500.0",
             "BENCH ceiling size=64 secs=1 mbps=200.0",
             "BENCH run tool=ours mode=bulk out=null size=64 load=max rate=0 secs=1 mbps=100.00 payload=100000000 expected=10 lost=0 dropped=0 cpu_s=0.5 rss_kib=2048 exit=0",
             "BENCH run tool=theirs mode=bulk out=null size=64 load=max rate=0 secs=1 mbps=80.00 payload=80000000 expected=10 lost=0 dropped=0 cpu_s=0.5 rss_kib=1024 exit=0",
@@ -377,6 +400,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("50%"), "{md}");
+        assert!(md.contains("| exit | 80 | 500 | 0.16 |"), "{md}");
         // bulk < 1.5x C, serial < C, serial lost where C did not, serial < 85% of bulk
         assert_eq!(t.len(), 4, "{t:?}");
         assert!(t.iter().any(|x| x.contains("bulk ours/C 1.25")));

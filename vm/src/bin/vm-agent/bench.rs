@@ -370,9 +370,20 @@ fn memory_bandwidth() -> f64 {
     (n * reps) as f64 / 1e9 / t0.elapsed().as_secs_f64()
 }
 
-/// Start-up: time to the first byte on stdout and to the exit of
-/// `staprun pmod records=0` (begin line, then exit).
-fn startup_once() -> Result<(f64, f64), String> {
+/// Start-up of one `staprun pmod records=0` (begin line, then exit), in
+/// seconds from the spawn: module loaded (/sys/module/pmod appears), begin
+/// probes run (STP_START answered), first byte on stdout, module unloaded,
+/// exit.
+#[derive(Clone, Copy, Debug, Default)]
+struct Startup {
+    loaded: f64,
+    started: f64,
+    first: f64,
+    unloaded: f64,
+    exit: f64,
+}
+
+fn startup_once() -> Result<Startup, String> {
     let mut cmd = command_as(&ALICE, &[STAPRUN, "pmod", "records=0"], &[]);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -390,7 +401,29 @@ fn startup_once() -> Result<(f64, f64), String> {
         let _ = out.read_to_end(&mut rest);
         first
     });
-    let ended = sys::wait4(child.id()).map_err(|e| format!("wait4: {e}"))?;
+    let pid = child.id();
+    // Phases seen from outside, polled every 0.5 ms.
+    let watcher = std::thread::spawn(move || {
+        let (mut loaded, mut started, mut unloaded) = (None, None, None);
+        while unloaded.is_none() && t0.elapsed() < Duration::from_secs(30) {
+            let present = Path::new("/sys/module/pmod").exists();
+            if present && loaded.is_none() {
+                loaded = Some(t0.elapsed());
+            }
+            if present && started.is_none() && read_param("started") == Some(1) {
+                started = Some(t0.elapsed());
+            }
+            if !present && loaded.is_some() {
+                unloaded = Some(t0.elapsed());
+            }
+            if !present && !crate::compat::alive(pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        (loaded, started, unloaded)
+    });
+    let ended = sys::wait4(pid).map_err(|e| format!("wait4: {e}"))?;
     let exit = t0.elapsed();
     std::mem::forget(child);
     let first = reader
@@ -398,10 +431,18 @@ fn startup_once() -> Result<(f64, f64), String> {
         .ok()
         .flatten()
         .ok_or("no output from the module")?;
+    let (loaded, started, unloaded) = watcher.join().unwrap_or_default();
     if ended.code != Some(0) {
         return Err(format!("exit {:?}", ended.code));
     }
-    Ok((first.as_secs_f64(), exit.as_secs_f64()))
+    let s = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    Ok(Startup {
+        loaded: s(loaded),
+        started: s(started),
+        first: first.as_secs_f64(),
+        unloaded: s(unloaded),
+        exit: exit.as_secs_f64(),
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -469,8 +510,7 @@ fn bench(r: &mut Reporter) {
     r.line(&format!("BENCH membw gbps={:.3}", memory_bandwidth()));
 
     // Start-up, alternating the tools.
-    let mut first: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut exit: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut runs: BTreeMap<&str, Vec<Startup>> = BTreeMap::new();
     for _ in 0..startup_runs {
         for &t in &tools {
             if let Err(e) = compat::activate(t) {
@@ -478,24 +518,26 @@ fn bench(r: &mut Reporter) {
                 return;
             }
             match startup_once() {
-                Ok((f, x)) => {
-                    first.entry(t.name()).or_default().push(f);
-                    exit.entry(t.name()).or_default().push(x);
-                }
+                Ok(s) => runs.entry(t.name()).or_default().push(s),
                 Err(e) => {
                     r.check(&format!("startup_{}", t.name()), false, e);
                 }
             }
         }
     }
-    for &t in &tools {
-        let f = first.get_mut(t.name()).map(|v| median(v)).unwrap_or(0.0);
-        let x = exit.get_mut(t.name()).map(|v| median(v)).unwrap_or(0.0);
+    for (tool, v) in &runs {
+        let m = |f: fn(&Startup) -> f64| {
+            let mut x: Vec<f64> = v.iter().map(f).collect();
+            median(&mut x) * 1e3
+        };
         r.line(&format!(
-            "BENCH startup tool={} runs={startup_runs} first_ms={:.1} exit_ms={:.1}",
-            t.name(),
-            f * 1e3,
-            x * 1e3
+            "BENCH startup tool={tool} runs={} loaded_ms={:.1} started_ms={:.1} first_ms={:.1} unloaded_ms={:.1} exit_ms={:.1}",
+            v.len(),
+            m(|s| s.loaded),
+            m(|s| s.started),
+            m(|s| s.first),
+            m(|s| s.unloaded),
+            m(|s| s.exit),
         ));
     }
 
