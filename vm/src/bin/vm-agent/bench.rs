@@ -445,6 +445,52 @@ fn startup_once() -> Result<Startup, String> {
     })
 }
 
+/// What staprun's setup messages cost to gather in this guest (ms): all of
+/// /proc/kallsyms, /proc/kallsyms up to the last of the four kernel symbols
+/// staprun relocates, and every /sys/module/*/sections/* file.
+fn setup_costs() -> (f64, f64, f64, usize) {
+    use std::io::BufRead as _;
+    let t = Instant::now();
+    let full = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let full_ms = t.elapsed().as_secs_f64() * 1e3;
+    let lines = full.lines().count();
+    let want = [
+        "_stext",
+        "kallsyms_lookup_name",
+        "kallsyms_on_each_symbol",
+        "module_kallsyms_on_each_symbol",
+    ];
+    let t = Instant::now();
+    let mut found = 0;
+    if let Ok(f) = fs::File::open("/proc/kallsyms") {
+        for l in io::BufReader::with_capacity(64 << 10, f).lines() {
+            let Ok(l) = l else { break };
+            if l.split_whitespace()
+                .nth(2)
+                .is_some_and(|s| want.contains(&s))
+            {
+                found += 1;
+                if found == want.len() {
+                    break;
+                }
+            }
+        }
+    }
+    let upto_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    for m in fs::read_dir("/sys/module").into_iter().flatten().flatten() {
+        for sec in fs::read_dir(m.path().join("sections"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::read_to_string(sec.path());
+        }
+    }
+    let sections_ms = t.elapsed().as_secs_f64() * 1e3;
+    (full_ms, upto_ms, sections_ms, lines)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -508,6 +554,10 @@ fn bench(r: &mut Reporter) {
     }
     r.line(&format!("BENCH env cpus={cpus} mib_per_cpu={mib}"));
     r.line(&format!("BENCH membw gbps={:.3}", memory_bandwidth()));
+    let (full, upto, secs, lines) = setup_costs();
+    r.line(&format!(
+        "BENCH setup kallsyms_ms={full:.1} kallsyms_lines={lines} kallsyms_upto_ms={upto:.1} sections_ms={secs:.1}"
+    ));
 
     // Start-up, alternating the tools.
     let mut runs: BTreeMap<&str, Vec<Startup>> = BTreeMap::new();
