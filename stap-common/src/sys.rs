@@ -237,6 +237,20 @@ pub fn kernel_release() -> io::Result<String> {
     Ok(r.to_string_lossy().into_owned())
 }
 
+/// User plus system CPU time of this process so far, threads that have
+/// ended included (`getrusage(RUSAGE_SELF)`, microsecond resolution).
+pub fn cpu_time() -> io::Result<Duration> {
+    // SAFETY: rusage is plain integers; all zeros is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage.
+    cerr(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) })?;
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.unsigned_abs())
+            + Duration::from_micros(t.tv_usec.unsigned_abs())
+    };
+    Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
 /// Wait for `events` on `fd` for up to `timeout`.
 pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {

@@ -2,7 +2,9 @@
 //! output file, on the simulated kernel and on plain files, next to the
 //! ceiling of a plain file-to-file copy of the same bytes.
 //!
-//! Run: `cargo bench -p stapio --bench pipeline` (about 20 s).
+//! Run: `cargo bench -p stapio --bench pipeline` (about 15 s). Every run
+//! checks what was written (record count and size of every output file)
+//! and panics on a difference, so CI can run it as a smoke test.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,7 +16,8 @@ use stap_common::kernel::sim::{Script, SimKernel};
 use stap_common::kernel::{KernelOps, Relay};
 use stap_common::modname::ModName;
 use stap_common::protocol::{Generation, Request};
-use stap_common::relay::encode_record;
+use stap_common::relay::{Parser, encode_record, header_len};
+use stap_common::sys;
 use stapio::output::Naming;
 use stapio::relay::{Close, Pump, PumpConfig, PumpStats};
 use stapio::signals::Signals;
@@ -22,7 +25,7 @@ use stapio::signals::Signals;
 const G: Generation = Generation::V5;
 /// Payload bytes per configuration.
 const PAYLOAD: usize = 32 << 20;
-const REPS: usize = 3;
+const REPS: usize = 5;
 
 /// Relay files by CPU, as the pump takes them.
 type Relays = Vec<(usize, Box<dyn Relay>)>;
@@ -156,23 +159,104 @@ struct Row {
     size: usize,
     records: u64,
     bytes: u64,
-    best: Duration,
+    /// Wall time of each repetition, sorted.
+    times: Vec<Duration>,
+    /// Expected records minus records found in the output (last rep).
+    lost: i64,
+    /// CPU time of all repetitions / payload delivered by them.
+    cpu_per_gb: f64,
+    peak_rss_kib: u64,
+}
+
+fn print_header() {
+    println!(
+        "{:<6} {:<6} {:>4} {:>6} {:>8} {:>7} {:>10} {:>8} {:>8} {:>5} {:>8} {:>8}",
+        "source",
+        "mode",
+        "cpus",
+        "record",
+        "records",
+        "ms",
+        "records/s",
+        "MiB/s",
+        "median",
+        "lost",
+        "cpu-s/GB",
+        "RSS MiB"
+    );
 }
 
 fn print_row(r: &Row) {
-    let s = r.best.as_secs_f64();
+    let best = r.times[0].as_secs_f64();
+    let median = r.times[r.times.len() / 2].as_secs_f64();
+    let mib = r.bytes as f64 / 1048576.0;
     println!(
-        "{:<8} {:<7} {:>4} {:>6} {:>10} {:>9.1} {:>9.1} {:>12.0} {:>9.1}",
+        "{:<6} {:<6} {:>4} {:>6} {:>8} {:>7.1} {:>10.0} {:>8.1} {:>8.1} {:>5} {:>8.2} {:>8.1}",
         r.source,
         r.mode,
         r.cpus,
         format!("{}B", r.size),
         r.records,
-        r.bytes as f64 / 1048576.0,
-        s * 1000.0,
-        r.records as f64 / s,
-        r.bytes as f64 / 1048576.0 / s,
+        best * 1000.0,
+        r.records as f64 / best,
+        mib / best,
+        mib / median,
+        r.lost,
+        r.cpu_per_gb,
+        r.peak_rss_kib as f64 / 1024.0,
     );
+}
+
+/// The process's peak resident set so far (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What the pump wrote: (records, payload bytes), after checking every
+/// file's size. Serial: one file of payloads, each ending in its only
+/// newline. Bulk: one file per CPU of whole records.
+fn check_output(out: &Path, bulk: bool, ncpus: usize, size: usize) -> (u64, u64) {
+    if !bulk {
+        let bytes = std::fs::read(out).expect("serial output");
+        let records = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        assert_eq!(
+            bytes.len() as u64,
+            records * size as u64,
+            "serial output: {} bytes is not {records} records of {size}",
+            bytes.len()
+        );
+        return (records, bytes.len() as u64);
+    }
+    let (mut records, mut payload) = (0u64, 0u64);
+    for cpu in 0..ncpus {
+        let path = PathBuf::from(format!("{}_{cpu}", out.display()));
+        let bytes = std::fs::read(&path).expect("bulk output");
+        let mut p = Parser::new(G);
+        p.feed(&bytes);
+        let mut n = 0u64;
+        while let Some(r) = p.next_record() {
+            assert_eq!(r.payload.len(), size, "{}: record size", path.display());
+            n += 1;
+        }
+        assert_eq!(p.finish(), 0, "{}: trailing bytes", path.display());
+        assert_eq!(p.stats.resyncs, 0, "{}: garbage", path.display());
+        assert_eq!(
+            bytes.len() as u64,
+            n * (size + header_len(G)) as u64,
+            "{}: size",
+            path.display()
+        );
+        records += n;
+        payload += p.stats.bytes;
+    }
+    (records, payload)
 }
 
 /// The ceiling: copy `src` to a new file with `io::copy`, or with 1 MiB
@@ -209,35 +293,65 @@ fn ceiling(src: &Path, dst: &Path, block: Option<usize>) -> (u64, Duration) {
 fn main() {
     let dir = scratch();
     let out = dir.join("out");
+    // STAPIO_BENCH_FILTER=file/bulk/1/64: only rows whose
+    // source/mode/cpus/size contains that (for profiling).
+    let filter = std::env::var("STAPIO_BENCH_FILTER").ok();
+    let reps: usize = std::env::var("STAPIO_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(REPS);
     println!(
-        "stapio record pipeline, {} MiB of payload per row, generation {G}, best of {REPS}; output in {}",
+        "stapio record pipeline, {} MiB of payload per row, generation {G}, {reps} runs per row; output in {}",
         PAYLOAD >> 20,
         dir.display()
     );
     println!(
-        "{:<8} {:<7} {:>4} {:>6} {:>10} {:>9} {:>9} {:>12} {:>9}",
-        "source", "mode", "cpus", "record", "records", "MiB", "ms", "records/s", "MiB/s"
+        "best and median MiB/s of payload; lost = expected records minus records in the output;"
     );
+    println!(
+        "cpu-s/GB = user+sys CPU seconds of the whole process per 1e9 payload bytes (the sim rows"
+    );
+    println!(
+        "include the simulated module producing the records); RSS = peak resident set of the process"
+    );
+    println!("so far (VmHWM, a high-water mark: it never goes down from row to row)");
+    print_header();
     let t_all = Instant::now();
     for size in [64usize, 1024] {
         for ncpus in [1usize, 2] {
             let files = make_relay_files(&dir, ncpus, size);
+            let per_cpu = PAYLOAD / size / ncpus;
+            let expected = (per_cpu * ncpus) as u64;
             for (mode, bulk) in [("serial", false), ("bulk", true)] {
                 for source in ["sim", "file"] {
-                    let mut best = Duration::MAX;
+                    let name = format!("{source}/{mode}/{ncpus}/{size}");
+                    if !filter.as_deref().is_none_or(|f| name.contains(f)) {
+                        continue;
+                    }
+                    let mut times = Vec::new();
                     let mut stats = PumpStats::default();
-                    for _ in 0..REPS {
+                    let (mut cpu, mut delivered_bytes) = (Duration::ZERO, 0u64);
+                    let mut found = (0, 0);
+                    for _ in 0..reps {
+                        let c0 = sys::cpu_time().unwrap();
                         let (dt, st) = if source == "sim" {
                             let (_k, relays) = sim_relays(ncpus, size);
                             pump(relays, bulk, &out)
                         } else {
                             pump(file_relays(&files), bulk, &out)
                         };
-                        assert_eq!(st.lost_messages + st.lost_bytes + st.unexpected, 0);
-                        best = best.min(dt);
+                        cpu += sys::cpu_time().unwrap() - c0;
+                        assert_eq!(
+                            (st.lost_messages, st.lost_bytes, st.unexpected),
+                            (0, 0, 0),
+                            "{source} {mode} {ncpus} CPUs {size}B: loss counted"
+                        );
+                        found = check_output(&out, bulk, ncpus, size);
+                        delivered_bytes += found.1;
+                        times.push(dt);
                         stats = st;
                     }
-                    assert_eq!(stats.bytes as usize, PAYLOAD / size / ncpus * ncpus * size);
+                    times.sort();
                     print_row(&Row {
                         source,
                         mode,
@@ -245,8 +359,17 @@ fn main() {
                         size,
                         records: stats.records,
                         bytes: stats.bytes,
-                        best,
+                        times,
+                        lost: expected as i64 - found.0 as i64,
+                        cpu_per_gb: cpu.as_secs_f64() / (delivered_bytes as f64 / 1e9),
+                        peak_rss_kib: peak_rss_kib(),
                     });
+                    assert_eq!(
+                        found,
+                        (expected, expected * size as u64),
+                        "records in the output"
+                    );
+                    assert_eq!(stats.bytes, expected * size as u64, "payload bytes read");
                 }
             }
             for f in &files {
@@ -255,7 +378,10 @@ fn main() {
         }
     }
     println!();
-    println!("ceiling: file-to-file copy of a relay stream (headers included)");
+    println!(
+        "ceiling: file-to-file copy of a relay stream, in MiB/s of all bytes (headers included; a bulk"
+    );
+    println!("row writes 76/64 of its payload figure for 64B records, 1036/1024 for 1KiB)");
     for size in [64usize, 1024] {
         let files = make_relay_files(&dir, 1, size);
         for (name, block) in [("io::copy", None), ("dd bs=1M", Some(1 << 20))] {
