@@ -109,21 +109,16 @@ impl KernelOps for LinuxKernel {
             let _ = std::fs::write(KPTR, "1");
         }
         let mut out = Vec::new();
-        if let Ok(ks) = std::fs::read_to_string("/proc/kallsyms") {
-            for want in KERNEL_SYMBOLS {
-                let found = ks.lines().find_map(|l| {
-                    let mut it = l.split_whitespace();
-                    let addr = it.next()?;
-                    let _kind = it.next()?;
-                    let sym = it.next()?;
-                    // Only the kernel's own symbol (no "[module]" suffix).
-                    (sym == want && it.next().is_none())
-                        .then(|| u64::from_str_radix(addr, 16).ok())?
-                });
-                if let Some(address) = found {
+        if let Ok(ks) = std::fs::File::open("/proc/kallsyms") {
+            // Streamed, and only as far as the last symbol wanted: the
+            // kernel formats the file as it is read, and all of it takes
+            // ten times longer than the part up to these symbols.
+            let found = kallsyms_lookup(std::io::BufReader::with_capacity(64 << 10, ks));
+            for (want, address) in KERNEL_SYMBOLS.iter().zip(found) {
+                if let Some(address) = address {
                     out.push(Relocation {
                         module: "kernel".into(),
-                        symbol: want.into(),
+                        symbol: (*want).into(),
                         address,
                     });
                 }
@@ -179,6 +174,35 @@ impl KernelOps for LinuxKernel {
             })
             .min(1024)
     }
+}
+
+/// The addresses of [`KERNEL_SYMBOLS`] (in that order) in a kallsyms
+/// listing: the first line naming each as the kernel's own symbol (no
+/// `[module]` field). Stops reading once all are found.
+fn kallsyms_lookup(r: impl std::io::BufRead) -> [Option<u64>; KERNEL_SYMBOLS.len()] {
+    let mut found = [None; KERNEL_SYMBOLS.len()];
+    for line in r.split(b'\n') {
+        let Ok(line) = line else { break };
+        let Ok(l) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        let mut it = l.split_whitespace();
+        let (Some(addr), Some(_kind), Some(sym), None) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            continue;
+        };
+        if let Some(i) = KERNEL_SYMBOLS.iter().position(|w| *w == sym)
+            && found[i].is_none()
+            && let Ok(a) = u64::from_str_radix(addr, 16)
+        {
+            found[i] = Some(a);
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    }
+    found
 }
 
 /// Highest CPU number in a list such as `0-3,8`.
@@ -303,5 +327,54 @@ mod tests {
         assert_eq!(parse_cpu_list_max("0-3"), Some(3));
         assert_eq!(parse_cpu_list_max("0-3,8,10-11"), Some(11));
         assert_eq!(parse_cpu_list_max(""), None);
+    }
+
+    #[test]
+    fn kallsyms_lookup_takes_the_kernels_own_symbols_and_stops_when_done() {
+        let text = "\
+ffffffff81000000 T _stext
+ffffffffc0001000 t kallsyms_lookup_name\t[fake]
+ffffffff81100000 T kallsyms_lookup_name
+ffffffff81100100 T kallsyms_on_each_symbol
+ffffffff81200000 T module_kallsyms_on_each_symbol
+ffffffff81300000 T _stext
+this line is never read because everything was found above
+";
+        let mut read = 0usize;
+        struct Counting<'a>(&'a [u8], &'a mut usize);
+        impl std::io::Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                // one byte at a time, to count how far the lookup read
+                let Some((first, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                if buf.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = *first;
+                self.0 = rest;
+                *self.1 += 1;
+                Ok(1)
+            }
+        }
+        let r = std::io::BufReader::with_capacity(1, Counting(text.as_bytes(), &mut read));
+        let got = kallsyms_lookup(r);
+        assert_eq!(
+            got,
+            [
+                Some(0xffffffff81000000),
+                Some(0xffffffff81100000),
+                Some(0xffffffff81100100),
+                Some(0xffffffff81200000)
+            ]
+        );
+        let end = text.find("ffffffff81300000").unwrap();
+        assert!(
+            read <= end,
+            "read {read} bytes, the last wanted line ends at {end}"
+        );
+        // A symbol that is missing stays None and the whole listing is read.
+        let got = kallsyms_lookup(std::io::Cursor::new(b"ffffffff81000000 T _stext\n"));
+        assert_eq!(got, [Some(0xffffffff81000000), None, None, None]);
     }
 }
