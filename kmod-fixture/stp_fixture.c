@@ -205,6 +205,9 @@ static int overwrite_flag;
  */
 static DEFINE_PER_CPU(spinlock_t, print_lock);
 static atomic_t sequence = ATOMIC_INIT(0);
+/* for `cargo xtask bench`: relay bytes placed (per CPU) and read */
+static DEFINE_PER_CPU(u64, bytes_written);
+static atomic64_t bytes_read = ATOMIC64_INIT(0);
 static struct proc_dir_entry *mod_dir;
 static struct path mod_dir_path;
 static int have_mod_dir_path;
@@ -303,6 +306,7 @@ static void stp_write_record(const char *data, u32 len, int cpu, int n)
 		return;
 	}
 	seq = atomic_inc_return(&sequence);
+	__this_cpu_add(bytes_written, hlen + len);
 #if STP_GEN == 5
 	memcpy(rec, "\xF0\x9F\xA9\xBA", 4);
 	memcpy(rec + 4, &seq, 4);
@@ -390,6 +394,7 @@ static ssize_t relay_proc_read(struct file *filp, char __user *ubuf,
 {
 	struct rchan_buf *buf = filp->private_data;
 	unsigned long flags;
+	ssize_t rc;
 
 	/* Switch out a partially filled sub-buffer so readers see it now. */
 	spin_lock_irqsave(per_cpu_ptr(&print_lock, buf->cpu), flags);
@@ -398,7 +403,10 @@ static ssize_t relay_proc_read(struct file *filp, char __user *ubuf,
 	spin_unlock_irqrestore(per_cpu_ptr(&print_lock, buf->cpu), flags);
 	if (buf->subbufs_produced == buf->subbufs_consumed)
 		return -ENODATA;
-	return relay_file_operations.read(filp, ubuf, count, ppos);
+	rc = relay_file_operations.read(filp, ubuf, count, ppos);
+	if (rc > 0)
+		atomic64_add(rc, &bytes_read);
+	return rc;
 }
 
 static struct proc_ops relay_proc_ops;
@@ -921,9 +929,18 @@ static void __exit stp_fixture_exit(void)
 	WRITE_ONCE(stopping, 1);
 	cancel_delayed_work_sync(&tick_work);
 	destroy_workqueue(wq);	/* drains the per-CPU record works */
-	/* for `cargo xtask bench`: records that found the buffer full */
-	pr_info("%s: records written %u, dropped %d\n", THIS_MODULE->name,
-		(u32)atomic_read(&sequence), atomic_read(&dropped));
+	/* for `cargo xtask bench`: what was lost, and where */
+	{
+		u64 written = 0;
+		int cpu;
+
+		for_each_possible_cpu(cpu)
+			written += per_cpu(bytes_written, cpu);
+		pr_info("%s: records written %u, dropped %d, bytes written %llu, bytes read %llu\n",
+			THIS_MODULE->name, (u32)atomic_read(&sequence),
+			atomic_read(&dropped), written,
+			(u64)atomic64_read(&bytes_read));
+	}
 	remove_files();
 	free_queue();
 	free_percpu(cpu_work);

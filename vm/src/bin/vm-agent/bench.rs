@@ -92,6 +92,8 @@ struct RunResult {
     prints_lost: u64,
     /// Records the module could not place (its buffer was full).
     dropped: u64,
+    /// Relay bytes the module placed that were never read.
+    unread: u64,
     cpu_secs: f64,
     maxrss_kib: u64,
     exit: Option<i32>,
@@ -139,12 +141,30 @@ impl Kmsg {
     }
 }
 
-/// "pmod: records written N, dropped D" from the fixture's unload.
-fn fixture_report(lines: &[String]) -> Option<(u64, u64)> {
+/// What the fixture reports when it is unloaded.
+#[derive(Clone, Copy, Debug, Default)]
+struct FixtureReport {
+    /// Records that found the relay buffer full.
+    dropped: u64,
+    /// Relay bytes placed and read: the difference was never read.
+    bytes_written: u64,
+    bytes_read: u64,
+}
+
+/// "pmod: records written N, dropped D, bytes written W, bytes read R".
+fn fixture_report(lines: &[String]) -> Option<FixtureReport> {
     lines.iter().rev().find_map(|l| {
         let rest = l.strip_prefix("pmod: records written ")?;
-        let (w, d) = rest.split_once(", dropped ")?;
-        Some((w.trim().parse().ok()?, d.trim().parse().ok()?))
+        let mut nums = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<u64>().ok());
+        let _written = nums.next()??;
+        Some(FixtureReport {
+            dropped: nums.next()??,
+            bytes_written: nums.next()??,
+            bytes_read: nums.next()??,
+        })
     })
 }
 
@@ -258,9 +278,15 @@ fn run_one(mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResu
         }
         Err(e) => res.stderr.push_str(&format!("wait4: {e}")),
     }
-    let report = kmsg.as_mut().map(Kmsg::lines).unwrap_or_default();
-    let (_, dropped) = fixture_report(&report).unwrap_or((0, u64::MAX));
-    res.dropped = dropped;
+    let lines = kmsg.as_mut().map(Kmsg::lines).unwrap_or_default();
+    let Some(rep) = fixture_report(&lines) else {
+        res.stderr
+            .push_str("no unload report of pmod in the kernel log");
+        res.exit = None;
+        return res;
+    };
+    res.dropped = rep.dropped;
+    res.unread = rep.bytes_written.saturating_sub(rep.bytes_read);
     let per_print = match mode {
         Mode::Serial => size,
         Mode::Bulk => size + pieces(size) * HLEN,
@@ -271,10 +297,14 @@ fn run_one(mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResu
     };
     let delivered = match sink {
         Sink::Tmpfs => dir_bytes(OUT_DIR).saturating_sub(frame) / per_print,
-        // Nothing to count: what the module could not place is what was lost.
-        Sink::Null => res
-            .prints_expected
-            .saturating_sub(dropped.div_ceil(pieces(size))),
+        // Nothing to count in /dev/null: records the module could not place
+        // and relay bytes nobody read are what was lost.
+        Sink::Null => {
+            let record = HLEN + size.div_ceil(pieces(size));
+            let lost_records = rep.dropped + res.unread.div_ceil(record);
+            res.prints_expected
+                .saturating_sub(lost_records.div_ceil(pieces(size)))
+        }
     };
     res.prints_lost = res.prints_expected.saturating_sub(delivered);
     res.payload = delivered * size;
@@ -640,7 +670,7 @@ fn bench(r: &mut Reporter) {
                             max_mbps.insert(t.name(), res.mbps());
                         }
                         r.line(&format!(
-                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} cpu_s={:.3} rss_kib={} exit={}",
+                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} unread={} cpu_s={:.3} rss_kib={} exit={}",
                             t.name(),
                             match mode {
                                 Mode::Serial => "serial",
@@ -656,6 +686,7 @@ fn bench(r: &mut Reporter) {
                             res.prints_expected,
                             res.prints_lost,
                             res.dropped,
+                            res.unread,
                             res.cpu_secs,
                             res.maxrss_kib,
                             res.exit.map_or("signal".to_owned(), |c| c.to_string()),
