@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::protocol::Generation;
@@ -53,6 +53,43 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// Where one record lies in the parser's buffer ([`Parser::buffer`]):
+/// the header starts at `start`, the payload at `payload`, and the record
+/// ends at `end` (exclusive). Offsets fit in 32 bits: the buffer never
+/// grows past a read chunk plus one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub sequence: u32,
+    pub start: u32,
+    pub payload: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// Header and payload.
+    pub fn record(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    pub fn payload(&self) -> std::ops::Range<usize> {
+        self.payload as usize..self.end as usize
+    }
+
+    pub fn header(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.payload as usize
+    }
+
+    /// Payload bytes.
+    pub fn len(&self) -> usize {
+        (self.end - self.payload) as usize
+    }
+
+    /// Never true for a parsed record (`pdu_len` 0 is rejected).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.payload
+    }
+}
+
 /// Damage seen while parsing one CPU's stream.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ParseStats {
@@ -63,47 +100,125 @@ pub struct ParseStats {
     pub resyncs: u64,
 }
 
+/// Default size of the parser's buffer: what one read may fill.
+pub const PARSE_BUFFER: usize = 256 * 1024;
+
 /// Streaming parser for one relay file.
+///
+/// The bytes live in one buffer: `buf[pos..end]` is not parsed yet,
+/// `buf[end..]` is room for the next read. Records come out as [`Span`]s
+/// into that buffer (no copy) or as owned [`Record`]s.
 #[derive(Debug)]
 pub struct Parser {
     generation: Generation,
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
+    /// The buffer size asked for; a record larger than half of it makes
+    /// the buffer grow.
+    size: usize,
     pub stats: ParseStats,
 }
 
 impl Parser {
     pub fn new(generation: Generation) -> Self {
+        Parser::with_buffer(generation, PARSE_BUFFER)
+    }
+
+    /// A parser whose buffer takes reads of up to about `size` bytes.
+    pub fn with_buffer(generation: Generation, size: usize) -> Self {
         Parser {
             generation,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
             pos: 0,
+            end: 0,
+            size: size.max(64),
             stats: ParseStats::default(),
+        }
+    }
+
+    /// Make room for at least `want` more bytes after what is pending,
+    /// moving the pending bytes to the front of the buffer.
+    fn make_room(&mut self, want: usize) {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        } else if self.pos > 0 && self.buf.len() - self.end < want {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want.max(self.size), 0);
         }
     }
 
     /// Append bytes read from the relay file.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > 64 * 1024 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        self.make_room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Read straight into the buffer: `read` gets the free room (at least
+    /// half the buffer size) and returns how many bytes it filled.
+    pub fn fill<E>(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        self.make_room(self.size / 2);
+        let room = &mut self.buf[self.end..];
+        let n = read(room)?.min(room.len());
+        self.end += n;
+        Ok(n)
     }
 
     /// Bytes held back waiting for the rest of a record.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
-    /// The next complete record, if any; calls `sink` for each one.
+    /// The buffer the [`Span`]s returned by [`Parser::next_span`] point
+    /// into; valid until the next `feed`, `fill` or `swap_buffer`.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf[..self.end]
+    }
+
+    /// Hand the buffer (and the records parsed from it) to someone else:
+    /// the pending bytes move to the front of `fresh`, which becomes the
+    /// parser's buffer, and the old buffer is returned. Its contents up to
+    /// the end of the last parsed record are what the spans point into.
+    pub fn swap_buffer(&mut self, mut fresh: Vec<u8>) -> Vec<u8> {
+        let pending = self.pending();
+        let want = self.size.max(pending + self.size / 2);
+        if fresh.len() < want {
+            fresh.resize(want, 0);
+        }
+        fresh[..pending].copy_from_slice(&self.buf[self.pos..self.end]);
+        let old = std::mem::replace(&mut self.buf, fresh);
+        self.pos = 0;
+        self.end = pending;
+        old
+    }
+
+    /// The next complete record, copied out of the buffer.
     pub fn next_record(&mut self) -> Option<Record> {
+        let s = self.next_span()?;
+        Some(Record {
+            sequence: s.sequence,
+            header: self.buf[s.header()].to_vec(),
+            payload: self.buf[s.payload()].to_vec(),
+        })
+    }
+
+    /// The next complete record, as a place in [`Parser::buffer`]. Bytes
+    /// that cannot start a record are skipped (counted as resync bytes),
+    /// so two spans are adjacent exactly when nothing was skipped between
+    /// them.
+    pub fn next_span(&mut self) -> Option<Span> {
         let hl = header_len(self.generation);
         loop {
-            let avail = &self.buf[self.pos..];
+            let avail = &self.buf[self.pos..self.end];
             if avail.len() < hl {
                 return None;
             }
@@ -120,21 +235,24 @@ impl Parser {
             if avail.len() < hl + len {
                 return None;
             }
-            let rec = Record {
-                sequence: seq,
-                header: avail[..hl].to_vec(),
-                payload: avail[hl..hl + len].to_vec(),
-            };
+            let start = self.pos;
             self.pos += hl + len;
             self.stats.records += 1;
             self.stats.bytes += len as u64;
-            return Some(rec);
+            // The buffer is at most a read chunk plus one record.
+            let at = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+            return Some(Span {
+                sequence: seq,
+                start: at(start),
+                payload: at(start + hl),
+                end: at(self.pos),
+            });
         }
     }
 
     fn resync(&mut self) {
         self.stats.resyncs += 1;
-        let avail = &self.buf[self.pos..];
+        let avail = &self.buf[self.pos..self.end];
         let skip = match self.generation {
             // Find the next magic after the current position.
             Generation::V5 => avail[1..]
@@ -153,7 +271,7 @@ impl Parser {
     pub fn finish(&mut self) -> usize {
         let left = self.pending();
         self.stats.resync_bytes += left as u64;
-        self.pos = self.buf.len();
+        self.pos = self.end;
         left
     }
 }
@@ -170,47 +288,58 @@ pub struct MergeStats {
 
 /// A record held by the merge, ordered by sequence then arrival.
 #[derive(Debug)]
-struct Held {
+struct Held<T> {
     /// The sequence number, unwrapped to 64 bits (see [`Merger::unwrap`]).
     seq: u64,
     id: u64,
-    rec: Record,
+    item: T,
 }
 
-impl Held {
+impl<T> Held<T> {
     fn key(&self) -> (u64, u64) {
         (self.seq, self.id)
     }
 }
 
-impl PartialEq for Held {
+impl<T> PartialEq for Held<T> {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
     }
 }
 
-impl Eq for Held {}
+impl<T> Eq for Held<T> {}
 
-impl PartialOrd for Held {
+impl<T> PartialOrd for Held<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Held {
+impl<T> Ord for Held<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.key().cmp(&other.key())
     }
 }
 
-/// Serial-mode merge: a min-heap on sequence numbers that releases records
-/// in order, waits `gap_timeout` for a missing one, then skips the gap.
+/// Serial-mode merge: releases records in order of (sequence, arrival),
+/// waits `gap_timeout` for a missing sequence, then skips the gap.
+///
+/// Each source (CPU) normally delivers its records in increasing sequence
+/// order, so they are held in one FIFO queue per source, and the merge
+/// compares the heads of the queues (a small heap of heads, one entry per
+/// non-empty queue). A record that arrives out of order within its source
+/// goes to a `stray` min-heap instead. The record released next is always
+/// the least (sequence, arrival) of everything held, exactly as with one
+/// heap of all records.
 #[derive(Debug)]
-pub struct Merger {
-    /// Records held, ordered by (sequence, arrival): the records live in
-    /// the heap itself (no side table), which keeps the merge cheap for
-    /// small records.
-    heap: BinaryHeap<Reverse<Held>>,
+pub struct Merger<T = Record> {
+    /// Per source, keys strictly increasing front to back.
+    queues: Vec<VecDeque<Held<T>>>,
+    /// The key of the front of every non-empty queue, with its source.
+    heads: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    /// Records that came out of order within their source.
+    stray: BinaryHeap<Reverse<Held<T>>>,
+    held: usize,
     next_id: u64,
     /// The next sequence to deliver (unwrapped); `None` until the first
     /// delivery when attaching to a running module (its first record is
@@ -224,11 +353,26 @@ pub struct Merger {
     pub stats: MergeStats,
 }
 
-impl Merger {
+impl Merger<Record> {
     /// `from_start`: the module was just started, so sequence 1 comes first.
+    /// One source; see [`Merger::with_sources`].
     pub fn new(from_start: bool, gap_timeout: Duration) -> Self {
+        Merger::with_sources(1, from_start, gap_timeout)
+    }
+
+    pub fn push(&mut self, rec: Record) {
+        self.push_from(0, rec.sequence, rec);
+    }
+}
+
+impl<T> Merger<T> {
+    /// A merge of `sources` streams (at least one) of items `T`.
+    pub fn with_sources(sources: usize, from_start: bool, gap_timeout: Duration) -> Self {
         Merger {
-            heap: BinaryHeap::new(),
+            queues: (0..sources.max(1)).map(|_| VecDeque::new()).collect(),
+            heads: BinaryHeap::new(),
+            stray: BinaryHeap::new(),
+            held: 0,
             next_id: 0,
             expected: from_start.then_some(1),
             last_seen: None,
@@ -256,8 +400,10 @@ impl Merger {
         }
     }
 
-    pub fn push(&mut self, rec: Record) {
-        let seq = self.unwrap(rec.sequence);
+    /// Hold `item`, record `sequence` of `source` (sources past the
+    /// number given to [`Merger::with_sources`] share the last queue).
+    pub fn push_from(&mut self, source: usize, sequence: u32, item: T) {
+        let seq = self.unwrap(sequence);
         if let Some(e) = self.expected
             && seq < e
         {
@@ -267,22 +413,95 @@ impl Merger {
         self.last_seen = Some(seq);
         let id = self.next_id;
         self.next_id += 1;
-        self.heap.push(Reverse(Held { seq, id, rec }));
+        self.held += 1;
+        let src = source.min(self.queues.len() - 1);
+        let q = &mut self.queues[src];
+        let h = Held { seq, id, item };
+        match q.back() {
+            // `id` is the largest yet: the key order is the sequence order.
+            Some(last) if last.seq > seq => self.stray.push(Reverse(h)),
+            Some(_) => q.push_back(h),
+            None => {
+                q.push_back(h);
+                self.heads.push(Reverse((seq, id, src)));
+            }
+        }
+    }
+
+    /// Whether record `sequence` is next in order: the expected sequence,
+    /// with nothing held at or before it. If so it is counted as delivered
+    /// and the caller writes it at once (after everything released before,
+    /// before anything released later) instead of pushing it: the same
+    /// order and counts as pushing it and calling [`Merger::ready`],
+    /// without the queueing.
+    pub fn take_if_next(&mut self, sequence: u32) -> bool {
+        let Some(e) = self.expected else {
+            return false;
+        };
+        if self.unwrap(sequence) != e || self.peek_min().is_some_and(|m| m <= e) {
+            return false;
+        }
+        self.last_seen = Some(e);
+        self.expected = Some(e + 1);
+        self.gap_since = None;
+        self.stats.delivered += 1;
+        true
+    }
+
+    /// [`Merger::take_if_next`], else [`Merger::push_from`]: the item comes
+    /// back when it is to be written now.
+    pub fn push_or_release(&mut self, source: usize, sequence: u32, item: T) -> Option<T> {
+        if self.take_if_next(sequence) {
+            return Some(item);
+        }
+        self.push_from(source, sequence, item);
+        None
     }
 
     pub fn buffered(&self) -> usize {
-        self.heap.len()
+        self.held
     }
 
-    fn pop_min(&mut self) -> Option<(u64, Record)> {
-        self.heap.pop().map(|Reverse(h)| (h.seq, h.rec))
+    /// The least key held and whether it is a queue head (else stray).
+    fn min_key(&self) -> Option<(u64, bool)> {
+        let head = self.heads.peek().map(|Reverse((s, i, _))| (*s, *i));
+        let stray = self.stray.peek().map(|Reverse(h)| h.key());
+        match (head, stray) {
+            (Some(h), Some(s)) => Some(if h < s { (h.0, true) } else { (s.0, false) }),
+            (Some(h), None) => Some((h.0, true)),
+            (None, Some(s)) => Some((s.0, false)),
+            (None, None) => None,
+        }
+    }
+
+    fn peek_min(&self) -> Option<u64> {
+        self.min_key().map(|(seq, _)| seq)
+    }
+
+    fn pop_min(&mut self) -> Option<(u64, T)> {
+        let (_, from_queue) = self.min_key()?;
+        self.held -= 1;
+        if !from_queue {
+            return self.stray.pop().map(|Reverse(h)| (h.seq, h.item));
+        }
+        let mut top = self.heads.peek_mut()?;
+        let src = top.0.2;
+        let q = &mut self.queues[src];
+        let h = q.pop_front()?;
+        match q.front() {
+            Some(next) => top.0 = (next.seq, next.id, src),
+            None => {
+                std::collections::binary_heap::PeekMut::pop(top);
+            }
+        }
+        Some((h.seq, h.item))
     }
 
     /// Release what is in order now; after `gap_timeout` without the
     /// missing sequence, skip to the lowest one held.
-    pub fn ready(&mut self, now: Instant, out: &mut Vec<Record>) {
+    pub fn ready(&mut self, now: Instant, out: &mut Vec<T>) {
         loop {
-            let Some(min) = self.heap.peek().map(|Reverse(h)| h.seq) else {
+            let Some(min) = self.peek_min() else {
                 self.gap_since = None;
                 return;
             };
@@ -309,17 +528,17 @@ impl Merger {
                 }
                 self.stats.lost += min - expected;
             }
-            let (seq, rec) = self.pop_min().expect("peeked");
+            let (seq, item) = self.pop_min().expect("peeked");
             self.expected = Some(seq + 1);
             self.gap_since = None;
             self.stats.delivered += 1;
-            out.push(rec);
+            out.push(item);
         }
     }
 
     /// At the end: everything held, in order, gaps counted as lost.
-    pub fn finish(&mut self, out: &mut Vec<Record>) {
-        while let Some((seq, rec)) = self.pop_min() {
+    pub fn finish(&mut self, out: &mut Vec<T>) {
+        while let Some((seq, item)) = self.pop_min() {
             match self.expected {
                 Some(e) if seq < e => {
                     self.stats.late += 1;
@@ -330,7 +549,7 @@ impl Merger {
             }
             self.expected = Some(seq + 1);
             self.stats.delivered += 1;
-            out.push(rec);
+            out.push(item);
         }
     }
 }
@@ -486,5 +705,249 @@ mod tests {
             vec![1, 3, 5]
         );
         assert_eq!(m.stats.lost, 2);
+    }
+
+    #[test]
+    fn spans_point_into_the_buffer_and_are_adjacent_without_garbage() {
+        let g = Generation::V5;
+        let mut bytes = stream(g, &[(1, b"a\n"), (2, b"bc\n")]);
+        bytes.extend_from_slice(b"junk");
+        bytes.extend(stream(g, &[(3, b"d\n")]));
+        let mut p = Parser::with_buffer(g, 64);
+        let n = p
+            .fill(|room| {
+                room[..bytes.len()].copy_from_slice(&bytes);
+                Ok::<_, ()>(bytes.len())
+            })
+            .unwrap();
+        assert_eq!(n, bytes.len());
+        let a = p.next_span().unwrap();
+        let b = p.next_span().unwrap();
+        let c = p.next_span().unwrap();
+        assert!(p.next_span().is_none());
+        assert_eq!(a.end, b.start, "adjacent");
+        assert_eq!(c.start, b.end + 4, "the junk lies between");
+        assert_eq!(&p.buffer()[b.payload()], b"bc\n");
+        assert_eq!(p.buffer()[b.header()].len(), header_len(g));
+        assert_eq!((c.sequence, c.len()), (3, 2));
+        assert_eq!(p.stats.resync_bytes, 4);
+    }
+
+    #[test]
+    fn swap_buffer_keeps_the_partial_record() {
+        let g = Generation::V4;
+        let bytes = stream(g, &[(1, b"first\n"), (2, &[b'y'; 300])]);
+        let mut p = Parser::with_buffer(g, 128);
+        p.feed(&bytes[..100]);
+        let s = p.next_span().unwrap();
+        assert!(p.next_span().is_none());
+        let old = p.swap_buffer(Vec::new());
+        assert_eq!(&old[s.payload()], b"first\n");
+        assert_eq!(p.pending(), 100 - s.record().len());
+        // The rest arrives in reads into the new buffer, which grows.
+        let mut rest = &bytes[100..];
+        while !rest.is_empty() {
+            let n = p
+                .fill(|room| {
+                    let n = room.len().min(rest.len()).min(50);
+                    room[..n].copy_from_slice(&rest[..n]);
+                    Ok::<_, ()>(n)
+                })
+                .unwrap();
+            rest = &rest[n..];
+        }
+        let r = p.next_record().unwrap();
+        assert_eq!((r.sequence, r.payload.len()), (2, 300));
+        assert_eq!(p.finish(), 0);
+    }
+
+    #[test]
+    fn merger_waits_for_an_empty_source_before_releasing_later_records() {
+        // CPU 1 has nothing yet; CPU 0 holds 2 and 3. Sequence 1 (on CPU 1)
+        // is due first: nothing may be released before the gap timeout.
+        let t0 = Instant::now();
+        let mut m: Merger<u32> = Merger::with_sources(2, true, Duration::from_millis(100));
+        let mut out = Vec::new();
+        m.push_from(0, 2, 2);
+        m.push_from(0, 3, 3);
+        m.ready(t0, &mut out);
+        m.ready(t0 + Duration::from_millis(99), &mut out);
+        assert!(out.is_empty());
+        // 1 comes: everything in order.
+        m.push_from(1, 1, 1);
+        m.ready(t0 + Duration::from_millis(99), &mut out);
+        assert_eq!(out, vec![1, 2, 3]);
+        // 5 on CPU 0, 4 missing on CPU 1: held until the timeout, then skipped.
+        m.push_from(0, 5, 5);
+        m.ready(t0 + Duration::from_millis(200), &mut out);
+        assert_eq!(out.len(), 3);
+        m.ready(t0 + Duration::from_millis(301), &mut out);
+        assert_eq!(out, vec![1, 2, 3, 5]);
+        assert_eq!((m.stats.lost, m.stats.late), (1, 0));
+        m.push_from(1, 4, 4);
+        m.push_from(1, 6, 6);
+        m.ready(t0 + Duration::from_millis(302), &mut out);
+        assert_eq!(out, vec![1, 2, 3, 5, 6]);
+        assert_eq!((m.stats.lost, m.stats.late), (1, 1));
+    }
+
+    #[test]
+    fn merger_duplicates_across_sources_keep_the_first_arrival() {
+        let mut m: Merger<&str> = Merger::with_sources(2, true, Duration::from_secs(1));
+        let mut out = Vec::new();
+        m.push_from(1, 1, "b1");
+        m.push_from(0, 1, "a1");
+        m.push_from(0, 2, "a2");
+        m.ready(Instant::now(), &mut out);
+        assert_eq!(out, vec!["b1", "a2"]);
+        assert_eq!(m.stats.late, 1);
+        assert_eq!(m.buffered(), 0);
+    }
+
+    /// The merge as it was: one heap of every record.
+    struct HeapMerger {
+        heap: BinaryHeap<Reverse<Held<u32>>>,
+        next_id: u64,
+        expected: Option<u64>,
+        last_seen: Option<u64>,
+        gap_since: Option<Instant>,
+        gap_timeout: Duration,
+        stats: MergeStats,
+    }
+
+    impl HeapMerger {
+        fn unwrap(&self, seq: u32) -> u64 {
+            let shadow = Merger::<u32> {
+                expected: self.expected,
+                last_seen: self.last_seen,
+                ..Merger::with_sources(1, false, self.gap_timeout)
+            };
+            shadow.unwrap(seq)
+        }
+        fn push(&mut self, s: u32, item: u32) {
+            let seq = self.unwrap(s);
+            if let Some(e) = self.expected
+                && seq < e
+            {
+                self.stats.late += 1;
+                return;
+            }
+            self.last_seen = Some(seq);
+            let id = self.next_id;
+            self.next_id += 1;
+            self.heap.push(Reverse(Held { seq, id, item }));
+        }
+        fn ready(&mut self, now: Instant, out: &mut Vec<u32>) {
+            loop {
+                let Some(min) = self.heap.peek().map(|Reverse(h)| h.seq) else {
+                    self.gap_since = None;
+                    return;
+                };
+                let expected = match self.expected {
+                    Some(e) => e,
+                    None => {
+                        let since = *self.gap_since.get_or_insert(now);
+                        if now.duration_since(since) < self.gap_timeout {
+                            return;
+                        }
+                        min
+                    }
+                };
+                if min < expected {
+                    self.heap.pop();
+                    self.stats.late += 1;
+                    continue;
+                }
+                if min > expected {
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.gap_timeout {
+                        return;
+                    }
+                    self.stats.lost += min - expected;
+                }
+                let Reverse(h) = self.heap.pop().unwrap();
+                self.expected = Some(h.seq + 1);
+                self.gap_since = None;
+                self.stats.delivered += 1;
+                out.push(h.item);
+            }
+        }
+        fn finish(&mut self, out: &mut Vec<u32>) {
+            while let Some(Reverse(h)) = self.heap.pop() {
+                match self.expected {
+                    Some(e) if h.seq < e => {
+                        self.stats.late += 1;
+                        continue;
+                    }
+                    Some(e) => self.stats.lost += h.seq - e,
+                    None => {}
+                }
+                self.expected = Some(h.seq + 1);
+                self.stats.delivered += 1;
+                out.push(h.item);
+            }
+        }
+    }
+
+    /// Also with [`Merger::push_or_release`] (odd rounds): what it releases
+    /// early, the heap releases at the next `ready`.
+    #[test]
+    fn merger_matches_one_heap_of_all_records() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..400 {
+            let sources = 1 + rnd(4) as usize;
+            let from_start = rnd(2) == 0;
+            let gap = Duration::from_millis(rnd(3) * 10);
+            let mut m: Merger<u32> = Merger::with_sources(sources, from_start, gap);
+            let mut r = HeapMerger {
+                heap: BinaryHeap::new(),
+                next_id: 0,
+                expected: from_start.then_some(1),
+                last_seen: None,
+                gap_since: None,
+                gap_timeout: gap,
+                stats: MergeStats::default(),
+            };
+            let base: u32 = if rnd(3) == 0 { u32::MAX - 20 } else { 1 };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let t0 = Instant::now();
+            let mut next = base;
+            for step in 0..300u32 {
+                let src = rnd(sources as u64) as usize;
+                // Mostly increasing per source, with gaps, duplicates and
+                // strays.
+                let seq = match rnd(10) {
+                    0 => next.wrapping_sub(rnd(8) as u32),
+                    1 => next.wrapping_add(rnd(5) as u32),
+                    _ => {
+                        next = next.wrapping_add(1 + u32::from(rnd(4) == 0));
+                        next
+                    }
+                };
+                if round % 2 == 0 {
+                    m.push_from(src, seq, step);
+                } else if let Some(item) = m.push_or_release(src, seq, step) {
+                    a.push(item);
+                }
+                r.push(seq, step);
+                if rnd(4) == 0 {
+                    let now = t0 + Duration::from_millis(u64::from(step) * rnd(4));
+                    m.ready(now, &mut a);
+                    r.ready(now, &mut b);
+                    assert_eq!(a, b, "round {round} step {step}");
+                }
+            }
+            m.finish(&mut a);
+            r.finish(&mut b);
+            assert_eq!(a, b, "round {round}");
+            assert_eq!(m.stats, r.stats, "round {round}");
+            assert_eq!(m.buffered(), 0);
+        }
     }
 }

@@ -24,6 +24,8 @@ use crate::error::Error;
 
 /// Buffer of each output writer.
 pub const WRITE_BUFFER: usize = 256 * 1024;
+/// Pieces at least this large bypass the output buffer.
+const DIRECT_WRITE: usize = 64 * 1024;
 
 /// What `-o`, `-S` and the transfer mode say about file names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,24 +202,71 @@ impl Output {
         }
     }
 
+    /// The `-S` size that applies to this stream (none on stdout).
+    fn limit(&self) -> Option<u64> {
+        self.path.as_ref()?;
+        self.naming.size_limit()
+    }
+
+    /// Write bytes, counted in the current file. A large piece goes
+    /// straight to the file (after what is buffered) instead of through
+    /// the buffer.
+    fn write_bytes(&mut self, data: &[u8]) -> Result<(), Error> {
+        let r = match &mut self.sink {
+            Sink::File(w) if data.len() >= DIRECT_WRITE => {
+                w.flush().and_then(|()| w.get_mut().write_all(data))
+            }
+            Sink::File(w) => w.write_all(data),
+            Sink::Stdout(w) => w.write_all(data),
+        };
+        if let Err(e) = r {
+            return Err(self.write_error(e));
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
     /// Write one record (its pieces, e.g. header and payload, together),
     /// switching files first when it would pass the `-S` size.
     pub fn write_record(&mut self, parts: &[&[u8]]) -> Result<(), Error> {
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if let Some(limit) = self.naming.size_limit()
-            && self.path.is_some()
+        if let Some(limit) = self.limit()
             && self.written > 0
             && self.written + len > limit
         {
             self.switch()?;
         }
         for p in parts {
-            if let Err(e) = self.sink.writer().write_all(p) {
-                return Err(self.write_error(e));
-            }
+            self.write_bytes(p)?;
         }
-        self.written += len;
         Ok(())
+    }
+
+    /// Write records that lie back to back in `data`, `lens` their
+    /// lengths in order (summing to `data.len()`): the same bytes and file
+    /// switches as [`Output::write_record`] for each, in as few writes as
+    /// possible (a `-S` switch still falls between two records).
+    pub fn write_records(
+        &mut self,
+        data: &[u8],
+        lens: impl IntoIterator<Item = usize>,
+    ) -> Result<(), Error> {
+        let Some(limit) = self.limit() else {
+            return self.write_bytes(data);
+        };
+        // data[start..cur]: records taken but not written yet.
+        let (mut start, mut cur) = (0, 0);
+        for len in lens {
+            let before = self.written + (cur - start) as u64;
+            if before > 0 && before + len as u64 > limit {
+                self.write_bytes(&data[start..cur])?;
+                self.switch()?;
+                start = cur;
+            }
+            cur += len;
+        }
+        debug_assert_eq!(cur, data.len());
+        self.write_bytes(&data[start..cur])
     }
 
     /// Switch files if SIGUSR2 arrived since the last look (`count` is the
@@ -331,5 +380,58 @@ mod tests {
             got.starts_with("/t/out-19") || got.starts_with("/t/out-20"),
             "{got}"
         );
+    }
+
+    /// `write_records` makes the same files, split at the same record
+    /// boundaries, as `write_record` for each record.
+    #[test]
+    fn write_records_splits_like_write_record() {
+        let lens = [30usize, 50, 40, 1, 99, 100, 150, 7, 7, 7, 60, 41];
+        let data: Vec<u8> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n(b'a' + i as u8, *n))
+            .collect();
+        let base = std::env::temp_dir().join(format!("stapio-out-{}", std::process::id()));
+        let run = |sub: &str, limit: Option<(u64, u32)>, whole: bool| {
+            let d = base.join(sub);
+            std::fs::create_dir_all(&d).unwrap();
+            let n = naming(Some(&format!("{}/f", d.display())), limit);
+            let mut o = Output::open(n, Stream::Bulk { cpu: 0 }, None, 0).unwrap();
+            if whole {
+                o.write_records(&data[..], lens).unwrap();
+            } else {
+                let mut at = 0;
+                for l in lens {
+                    o.write_record(&[&data[at..at + l]]).unwrap();
+                    at += l;
+                }
+            }
+            o.finish().unwrap();
+            let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().into_string().unwrap(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        for (i, limit) in [None, Some((100, 0)), Some((150, 3)), Some((1, 0))]
+            .into_iter()
+            .enumerate()
+        {
+            let a = run(&format!("{i}-each"), limit, false);
+            let b = run(&format!("{i}-whole"), limit, true);
+            assert_eq!(a, b, "{limit:?}");
+            if limit.is_some() {
+                assert!(a.len() > 1, "{limit:?}: rotated");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

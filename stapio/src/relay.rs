@@ -5,15 +5,16 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use stap_common::kernel::Relay;
 use stap_common::protocol::Generation;
-use stap_common::relay::{Merger, Parser, Record};
+use stap_common::relay::{Merger, Parser, Span};
 use stap_common::sys;
 
 use crate::error::Error;
@@ -22,8 +23,9 @@ use crate::signals::{self, Signals};
 
 /// Bytes asked of the relay file per read.
 pub const READ_CHUNK: usize = 256 * 1024;
-/// Batches of records in flight between the readers and the merger.
+/// Chunks of records in flight between the readers and the merger.
 const CHANNEL_DEPTH: usize = 64;
+
 /// How often the merger looks at gap timeouts and SIGUSR2 when idle.
 const MERGE_TICK: Duration = Duration::from_millis(50);
 
@@ -113,8 +115,22 @@ impl std::fmt::Debug for Pump {
     }
 }
 
+/// What a reader hands the merger: the buffer it read into and where the
+/// records are in it. The merger sends both back when done, for reuse.
+struct Chunk {
+    source: usize,
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+    back: Sender<(Vec<u8>, Vec<Span>)>,
+}
+
 enum Sink {
-    Merge(SyncSender<Vec<Record>>),
+    Merge {
+        tx: SyncSender<Chunk>,
+        source: usize,
+        back: Sender<(Vec<u8>, Vec<Span>)>,
+        spare: Receiver<(Vec<u8>, Vec<Span>)>,
+    },
     Bulk(Output),
 }
 
@@ -148,11 +164,17 @@ impl Pump {
         } else {
             let out = Output::open(cfg.naming.clone(), Stream::Serial, stdout, rotations)?;
             let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH);
-            for _ in &relays {
-                sinks.push(Sink::Merge(tx.clone()));
+            for source in 0..relays.len() {
+                let (back, spare) = mpsc::channel();
+                sinks.push(Sink::Merge {
+                    tx: tx.clone(),
+                    source,
+                    back,
+                    spare,
+                });
             }
             drop(tx);
-            let m = Merger::new(!cfg.attach, cfg.merge_gap);
+            let (sources, from_start, gap) = (relays.len(), !cfg.attach, cfg.merge_gap);
             let sig = signals.clone();
             let fl = failed.clone();
             merger = Some(
@@ -160,6 +182,7 @@ impl Pump {
                     .name("stapio-merge".into())
                     .spawn(move || {
                         signals::block_in_this_thread();
+                        let m = Merger::with_sources(sources, from_start, gap);
                         let r = merge_thread(rx, m, out, &sig);
                         if r.is_err() {
                             fl.store(true, Ordering::SeqCst);
@@ -271,8 +294,8 @@ fn reader_thread(
     timeout: Duration,
     signals: &Signals,
 ) -> Result<ReaderEnd, Error> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut parser = Parser::new(generation);
+    let mut parser = Parser::with_buffer(generation, READ_CHUNK);
+    let mut spans: Vec<Span> = Vec::new();
     let mut end = ReaderEnd::default();
     // Once draining: stop after an empty read followed by an empty wait.
     let mut idle_while_draining = false;
@@ -303,7 +326,10 @@ fn reader_thread(
         if let Sink::Bulk(out) = &mut sink {
             out.check_rotation(signals.rotations())?;
         }
-        let n = match relay.read(&mut buf) {
+        let n = match parser.fill(|room| {
+            let ask = room.len().min(READ_CHUNK);
+            relay.read(&mut room[..ask])
+        }) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -330,22 +356,37 @@ fn reader_thread(
             continue;
         }
         idle_while_draining = false;
-        parser.feed(&buf[..n]);
-        let mut batch = Vec::new();
-        while let Some(rec) = parser.next_record() {
+        spans.clear();
+        while let Some(s) = parser.next_span() {
             end.records += 1;
-            end.bytes += rec.payload.len() as u64;
-            match &mut sink {
-                Sink::Bulk(out) => out.write_record(&[&rec.header, &rec.payload])?,
-                Sink::Merge(_) => batch.push(rec),
-            }
+            end.bytes += s.len() as u64;
+            spans.push(s);
         }
-        if let Sink::Merge(tx) = &sink
-            && !batch.is_empty()
-            && tx.send(batch).is_err()
-        {
-            // The merger stopped (it reports why).
-            break;
+        if spans.is_empty() {
+            continue;
+        }
+        match &mut sink {
+            Sink::Bulk(out) => write_runs(out, parser.buffer(), &spans)?,
+            Sink::Merge {
+                tx,
+                source,
+                back,
+                spare,
+            } => {
+                // Hand the buffer over; read on into a returned one.
+                let (fresh, fresh_spans) = take_spare(spare);
+                let buf = parser.swap_buffer(fresh);
+                let chunk = Chunk {
+                    source: *source,
+                    buf,
+                    spans: std::mem::replace(&mut spans, fresh_spans),
+                    back: back.clone(),
+                };
+                if tx.send(chunk).is_err() {
+                    // The merger stopped (it reports why).
+                    break;
+                }
+            }
         }
     }
     parser.finish();
@@ -356,20 +397,109 @@ fn reader_thread(
     Ok(end)
 }
 
+/// A buffer the merger returned (the channel is the pool: it holds at
+/// most what the merger held at once), or an empty one.
+fn take_spare(spare: &Receiver<(Vec<u8>, Vec<Span>)>) -> (Vec<u8>, Vec<Span>) {
+    match spare.try_recv() {
+        Ok((buf, mut spans)) => {
+            spans.clear();
+            (buf, spans)
+        }
+        Err(_) => Default::default(),
+    }
+}
+
+/// Bulk mode: write the records read, each run of adjacent records (no
+/// skipped bytes between them) in one piece.
+fn write_runs(out: &mut Output, buf: &[u8], spans: &[Span]) -> Result<(), Error> {
+    let mut i = 0;
+    while i < spans.len() {
+        let mut j = i + 1;
+        while j < spans.len() && spans[j].start == spans[j - 1].end {
+            j += 1;
+        }
+        let run = &spans[i..j];
+        let bytes = &buf[run[0].start as usize..run[j - i - 1].end as usize];
+        out.write_records(bytes, run.iter().map(|s| s.record().len()))?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// A chunk's buffer while the merger holds records in it; dropping the
+/// last record sends the buffer back to its reader.
+struct Held {
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+    back: Sender<(Vec<u8>, Vec<Span>)>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // The reader may be gone; then the buffer is freed here.
+        let _ = self.back.send((
+            std::mem::take(&mut self.buf),
+            std::mem::take(&mut self.spans),
+        ));
+    }
+}
+
+/// One record's payload in a held chunk.
+struct Piece {
+    chunk: Rc<Held>,
+    start: u32,
+    end: u32,
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        &self.chunk.buf[self.start as usize..self.end as usize]
+    }
+}
+
+/// Take a reader's chunk: records next in order are written at once,
+/// the others held (with the chunk) until their turn.
+fn take_chunk(merger: &mut Merger<Piece>, c: Chunk, out: &mut Output) -> Result<(), Error> {
+    let source = c.source;
+    let chunk = Rc::new(Held {
+        buf: c.buf,
+        spans: c.spans,
+        back: c.back,
+    });
+    for s in &chunk.spans {
+        if merger.take_if_next(s.sequence) {
+            out.write_record(&[&chunk.buf[s.payload()]])?;
+        } else {
+            merger.push_from(
+                source,
+                s.sequence,
+                Piece {
+                    chunk: chunk.clone(),
+                    start: s.payload,
+                    end: s.end,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 fn merge_thread(
-    rx: Receiver<Vec<Record>>,
-    mut merger: Merger,
+    rx: Receiver<Chunk>,
+    mut merger: Merger<Piece>,
     mut out: Output,
     signals: &Signals,
 ) -> Result<(u64, u64), Error> {
     let mut ready = Vec::new();
     loop {
         match rx.recv_timeout(MERGE_TICK) {
-            Ok(batch) => {
-                batch.into_iter().for_each(|r| merger.push(r));
-                // Take everything already queued before writing.
-                while let Ok(batch) = rx.try_recv() {
-                    batch.into_iter().for_each(|r| merger.push(r));
+            Ok(chunk) => {
+                out.check_rotation(signals.rotations())?;
+                take_chunk(&mut merger, chunk, &mut out)?;
+                // Take everything already queued before flushing.
+                while let Ok(chunk) = rx.try_recv() {
+                    out.check_rotation(signals.rotations())?;
+                    take_chunk(&mut merger, chunk, &mut out)?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -377,16 +507,56 @@ fn merge_thread(
         }
         out.check_rotation(signals.rotations())?;
         merger.ready(Instant::now(), &mut ready);
-        for rec in ready.drain(..) {
-            out.write_record(&[&rec.payload])?;
+        for p in ready.drain(..) {
+            out.write_record(&[p.bytes()])?;
         }
         // Nothing more queued: show what we have (interactive use).
         out.flush()?;
     }
     merger.finish(&mut ready);
-    for rec in ready.drain(..) {
-        out.write_record(&[&rec.payload])?;
+    for p in ready.drain(..) {
+        out.write_record(&[p.bytes()])?;
     }
     out.finish()?;
     Ok((merger.stats.lost, merger.stats.late))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stap_common::relay::encode_record;
+
+    /// Bulk mode writes runs of adjacent records; bytes skipped to
+    /// resynchronise are not written.
+    #[test]
+    fn bulk_runs_leave_out_skipped_garbage() {
+        let g = Generation::V5;
+        let (mut good, mut stream) = (Vec::new(), Vec::new());
+        for (i, junk) in [(1u32, false), (2, true), (3, false), (4, true)] {
+            let mut rec = Vec::new();
+            encode_record(g, i, format!("record {i}\n").as_bytes(), &mut rec);
+            if junk {
+                stream.extend_from_slice(b"junk");
+            }
+            stream.extend_from_slice(&rec);
+            good.extend_from_slice(&rec);
+        }
+        let mut p = Parser::new(g);
+        p.feed(&stream);
+        let spans: Vec<Span> = std::iter::from_fn(|| p.next_span()).collect();
+        assert_eq!(spans.len(), 4);
+        let d = std::env::temp_dir().join(format!("stapio-runs-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let naming = Naming {
+            pattern: Some(format!("{}/f", d.display())),
+            rotation: None,
+        };
+        let mut out =
+            Output::open(naming, crate::output::Stream::Bulk { cpu: 0 }, None, 0).unwrap();
+        write_runs(&mut out, p.buffer(), &spans).unwrap();
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(d.join("f_0")).unwrap(), good);
+        assert_eq!(p.stats.resync_bytes, 8);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }
