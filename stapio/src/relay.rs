@@ -33,6 +33,8 @@ const RUN: u8 = 0;
 const DRAIN: u8 = 1;
 const KILL: u8 = 2;
 const DETACH: u8 = 3;
+/// How often a reader waiting for data looks whether the pump is closing.
+const STOP_CHECK: Duration = Duration::from_millis(20);
 /// Longest a normal end reads what the module still has.
 const DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -81,11 +83,14 @@ impl PumpStats {
 /// How to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
-    /// Read what is left, then stop (the normal end).
+    /// Read what is left, then stop (the normal end: the module has
+    /// answered EXIT after flushing its buffers, so each reader stops at
+    /// its first empty read; capped at DRAIN_CAP for a module that keeps
+    /// writing).
     Drain,
     /// Detaching from a module that keeps running: read what is there
-    /// now for at most twice the poll timeout, then stop; the rest stays in
-    /// the module's buffers for the next `-A`.
+    /// now (until an empty read, for at most twice the poll timeout), then
+    /// stop; the rest stays in the module's buffers for the next `-A`.
     Detach,
     /// Stop now (a third interrupt).
     Kill,
@@ -297,8 +302,6 @@ fn reader_thread(
     let mut parser = Parser::with_buffer(generation, READ_CHUNK);
     let mut spans: Vec<Span> = Vec::new();
     let mut end = ReaderEnd::default();
-    // Once draining: stop after an empty read followed by an empty wait.
-    let mut idle_while_draining = false;
     let mut detach_since: Option<std::time::Instant> = None;
     loop {
         let state = stop.load(Ordering::SeqCst);
@@ -339,23 +342,18 @@ fn reader_thread(
             if let Sink::Bulk(out) = &mut sink {
                 out.flush()?;
             }
-            if state == DETACH {
+            // Detaching, or the module has said EXIT (after flushing its
+            // buffers): an empty read means there is nothing left.
+            if state == DETACH || state == DRAIN {
                 break;
             }
-            if state == DRAIN {
-                if idle_while_draining {
-                    break;
-                }
-                idle_while_draining = true;
-            }
-            match relay.wait(timeout) {
-                Ok(_) => {}
+            match wait_unless_stopped(relay.as_mut(), timeout, stop) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => return Err(Error::RelayRead { cpu, source }),
             }
             continue;
         }
-        idle_while_draining = false;
         spans.clear();
         while let Some(s) = parser.next_span() {
             end.records += 1;
@@ -395,6 +393,25 @@ fn reader_thread(
         out.finish()?;
     }
     Ok(end)
+}
+
+/// Waits up to `timeout` (`-T`) for data, looking at `stop` every
+/// [`STOP_CHECK`] so that closing the pump does not wait out the timeout.
+fn wait_unless_stopped(
+    relay: &mut dyn Relay,
+    timeout: Duration,
+    stop: &AtomicU8,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || relay.wait(left.min(STOP_CHECK))? {
+            return Ok(());
+        }
+        if stop.load(Ordering::SeqCst) != RUN {
+            return Ok(());
+        }
+    }
 }
 
 /// A buffer the merger returned (the channel is the pool: it holds at
