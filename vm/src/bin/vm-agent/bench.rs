@@ -9,9 +9,10 @@
 //! host turns them into the table of docs/bench.md.
 //!
 //! Kernel command line (all optional): `bench.mib=N` MiB of payload per CPU
-//! per run (default 32), `bench.sizes=64,1024,16384`, `bench.tools=ours,theirs`,
+//! per run (default 64), `bench.sizes=64,1024,16384`, `bench.tools=ours,theirs`,
 //! `bench.startup=N` start-up runs per tool (default 7), `bench.outs=tmpfs,null`,
-//! `bench.modes=serial,bulk`, `bench.loads=max,rate`.
+//! `bench.modes=serial,bulk`, `bench.loads=max,r50,r90` (rNN: NN% of the best
+//! throughput either implementation delivered at max, for 4 s).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -40,6 +41,8 @@ const MAX_PIECE: u64 = 4096 - HLEN;
 /// The begin and end lines of pmod ("pmod: hello from begin\n", "pmod: end\n").
 const FRAME_LINES: [u64; 2] = [23, 10];
 const RUN_LIMIT: Duration = Duration::from_secs(300);
+/// How long a fixed-rate run prints.
+const RATE_SECS: u64 = 4;
 
 fn param(key: &str) -> Option<String> {
     fs::read_to_string("/proc/cmdline")
@@ -411,6 +414,8 @@ struct Startup {
     first: f64,
     unloaded: f64,
     exit: f64,
+    /// CPU seconds of the whole run (staprun, stapio, staprun -d).
+    cpu: f64,
 }
 
 fn startup_once() -> Result<Startup, String> {
@@ -472,6 +477,7 @@ fn startup_once() -> Result<Startup, String> {
         first: first.as_secs_f64(),
         unloaded: s(unloaded),
         exit: exit.as_secs_f64(),
+        cpu: ended.cpu_secs,
     })
 }
 
@@ -541,7 +547,7 @@ fn bench(r: &mut Reporter) {
     let cpus = ncpus();
     let mib: u64 = param("bench.mib")
         .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+        .unwrap_or(64);
     let sizes: Vec<u64> = list("bench.sizes", "64,1024,16384")
         .iter()
         .filter_map(|s| s.parse().ok())
@@ -565,7 +571,7 @@ fn bench(r: &mut Reporter) {
             _ => None,
         })
         .collect();
-    let loads = list("bench.loads", "max,rate");
+    let loads = list("bench.loads", "max,r50,r90");
     let tools = tools();
     if !r.check(
         "bench_image",
@@ -611,13 +617,14 @@ fn bench(r: &mut Reporter) {
             median(&mut x) * 1e3
         };
         r.line(&format!(
-            "BENCH startup tool={tool} runs={} loaded_ms={:.1} started_ms={:.1} first_ms={:.1} unloaded_ms={:.1} exit_ms={:.1}",
+            "BENCH startup tool={tool} runs={} loaded_ms={:.1} started_ms={:.1} first_ms={:.1} unloaded_ms={:.1} exit_ms={:.1} cpu_ms={:.1}",
             v.len(),
             m(|s| s.loaded),
             m(|s| s.started),
             m(|s| s.first),
             m(|s| s.unloaded),
             m(|s| s.exit),
+            m(|s| s.cpu),
         ));
     }
 
@@ -635,31 +642,32 @@ fn bench(r: &mut Reporter) {
         }
         for &mode in &modes {
             for &sink in &sinks {
-                // As fast as the module can print, then at 90% of what the C
-                // stapio delivered at full speed (ours when C is not run).
+                // As fast as the module can print ("max"), then at fixed
+                // rates ("rNN": NN% of the best throughput either tool
+                // delivered at max) for RATE_SECS.
                 let mut max_mbps: BTreeMap<&str, f64> = BTreeMap::new();
                 for load in &loads {
-                    let rate = match load.as_str() {
-                        "max" => 0,
-                        "rate" => {
-                            let base = max_mbps
-                                .get("theirs")
-                                .or_else(|| max_mbps.get("ours"))
-                                .copied()
-                                .unwrap_or(0.0);
-                            if base <= 0.0 {
-                                continue;
-                            }
-                            ((base * 0.9 * 1e6 / size as f64 / cpus as f64) as u64).max(1)
+                    let (rate, n) = if load == "max" {
+                        (0, prints)
+                    } else if let Some(pct) =
+                        load.strip_prefix('r').and_then(|p| p.parse::<f64>().ok())
+                    {
+                        let best = max_mbps.values().copied().fold(0.0, f64::max);
+                        if best <= 0.0 {
+                            continue;
                         }
-                        _ => continue,
+                        let rate =
+                            ((best * pct / 100.0 * 1e6 / size as f64 / cpus as f64) as u64).max(1);
+                        (rate, prints.min(rate * RATE_SECS).max(1))
+                    } else {
+                        continue;
                     };
                     for &t in &tools {
                         if let Err(e) = compat::activate(t) {
                             r.check("activate", false, e);
                             return;
                         }
-                        let res = run_one(mode, sink, size, prints, rate);
+                        let res = run_one(mode, sink, size, n, rate);
                         let ok = res.exit == Some(0) && res.payload > 0;
                         r.check(
                             &format!("run_{}_{mode:?}_{sink:?}_{size}_{load}", t.name()),
