@@ -5,6 +5,7 @@
 
 pub mod diag;
 pub mod error;
+pub mod merge;
 pub mod output;
 pub mod relay;
 pub mod session;

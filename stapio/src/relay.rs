@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -14,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use stap_common::kernel::Relay;
 use stap_common::protocol::Generation;
-use stap_common::relay::{Merger, Parser, Span};
+use stap_common::relay::{Parser, Span};
 use stap_common::sys;
 
 use crate::error::Error;
+use crate::merge::{ChunkData, ChunkMerge};
 use crate::output::{Naming, Output, Stream};
 use crate::signals::{self, Signals};
 
@@ -187,7 +187,7 @@ impl Pump {
                     .name("stapio-merge".into())
                     .spawn(move || {
                         signals::block_in_this_thread();
-                        let m = Merger::with_sources(sources, from_start, gap);
+                        let m = ChunkMerge::new(sources, from_start, gap);
                         let r = merge_thread(rx, m, out, &sig);
                         if r.is_err() {
                             fl.store(true, Ordering::SeqCst);
@@ -461,79 +461,53 @@ impl Drop for Held {
     }
 }
 
-/// One record's payload in a held chunk.
-struct Piece {
-    chunk: Rc<Held>,
-    start: u32,
-    end: u32,
-}
-
-impl Piece {
-    fn bytes(&self) -> &[u8] {
-        &self.chunk.buf[self.start as usize..self.end as usize]
+impl ChunkData for Held {
+    fn buf(&self) -> &[u8] {
+        &self.buf
     }
-}
 
-/// Take a reader's chunk: records next in order are written at once,
-/// the others held (with the chunk) until their turn.
-fn take_chunk(merger: &mut Merger<Piece>, c: Chunk, out: &mut Output) -> Result<(), Error> {
-    let source = c.source;
-    let chunk = Rc::new(Held {
-        buf: c.buf,
-        spans: c.spans,
-        back: c.back,
-    });
-    for s in &chunk.spans {
-        if merger.take_if_next(s.sequence) {
-            out.write_record(&[&chunk.buf[s.payload()]])?;
-        } else {
-            merger.push_from(
-                source,
-                s.sequence,
-                Piece {
-                    chunk: chunk.clone(),
-                    start: s.payload,
-                    end: s.end,
-                },
-            );
-        }
+    fn spans(&self) -> &[Span] {
+        &self.spans
     }
-    Ok(())
 }
 
 fn merge_thread(
     rx: Receiver<Chunk>,
-    mut merger: Merger<Piece>,
+    mut merger: ChunkMerge<Held>,
     mut out: Output,
     signals: &Signals,
 ) -> Result<(u64, u64), Error> {
-    let mut ready = Vec::new();
+    let take = |merger: &mut ChunkMerge<Held>, c: Chunk, out: &mut Output| {
+        merger.push(
+            c.source,
+            Held {
+                buf: c.buf,
+                spans: c.spans,
+                back: c.back,
+            },
+        );
+        out.check_rotation(signals.rotations())?;
+        // Release as chunks come: their buffers go back to the readers.
+        merger.ready(Instant::now(), &mut |b: &[u8]| out.write_record(&[b]))
+    };
     loop {
         match rx.recv_timeout(MERGE_TICK) {
             Ok(chunk) => {
-                out.check_rotation(signals.rotations())?;
-                take_chunk(&mut merger, chunk, &mut out)?;
+                take(&mut merger, chunk, &mut out)?;
                 // Take everything already queued before flushing.
                 while let Ok(chunk) = rx.try_recv() {
-                    out.check_rotation(signals.rotations())?;
-                    take_chunk(&mut merger, chunk, &mut out)?;
+                    take(&mut merger, chunk, &mut out)?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         out.check_rotation(signals.rotations())?;
-        merger.ready(Instant::now(), &mut ready);
-        for p in ready.drain(..) {
-            out.write_record(&[p.bytes()])?;
-        }
+        merger.ready(Instant::now(), &mut |b: &[u8]| out.write_record(&[b]))?;
         // Nothing more queued: show what we have (interactive use).
         out.flush()?;
     }
-    merger.finish(&mut ready);
-    for p in ready.drain(..) {
-        out.write_record(&[p.bytes()])?;
-    }
+    merger.finish(&mut |b: &[u8]| out.write_record(&[b]))?;
     out.finish()?;
     Ok((merger.stats.lost, merger.stats.late))
 }

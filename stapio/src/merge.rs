@@ -1,0 +1,510 @@
+//! Serial mode's merge, over whole chunks as the readers hand them over.
+//!
+//! It releases records in exactly the order and with exactly the counts of
+//! [`stap_common::relay::Merger`] (the reference, which a randomized test
+//! below compares it with): by (sequence, arrival), waiting `gap_timeout`
+//! for a missing sequence number before skipping it, dropping records whose
+//! turn has passed. It is cheaper per record: a chunk is queued as it came
+//! (its buffer, its spans and their unwrapped sequence numbers), each
+//! source is a cursor into its queue, and the next record is found by
+//! comparing the few cursors' heads; nothing is allocated or moved per
+//! record. A record that is out of order within its own source (which a
+//! module does not produce, but a damaged stream might) is copied into a
+//! small heap and merged from there.
+#![forbid(unsafe_code)]
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+use stap_common::relay::{MergeStats, Span};
+
+/// Where released payloads go.
+pub type Emit<'a, E> = dyn FnMut(&[u8]) -> Result<(), E> + 'a;
+
+/// A skipped entry (late at arrival, or moved to the stray heap).
+const SKIP: u64 = u64::MAX;
+
+/// A chunk as a reader hands it over. Dropping it gives the buffers back
+/// (see `relay.rs`).
+pub trait ChunkData {
+    fn buf(&self) -> &[u8];
+    fn spans(&self) -> &[Span];
+}
+
+struct Queued<C> {
+    chunk: C,
+    /// Unwrapped sequence per span, `SKIP` for spans not merged from here.
+    seqs: Vec<u64>,
+    /// Arrival id of span 0 (span i arrived as `id + i`).
+    id: u64,
+    pos: usize,
+}
+
+struct Source<C> {
+    queue: VecDeque<Queued<C>>,
+    /// Sequence of the last record queued here while the queue is not empty.
+    last: Option<u64>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Stray {
+    seq: u64,
+    id: u64,
+    payload: Vec<u8>,
+}
+
+/// Where the next record comes from.
+#[derive(Clone, Copy)]
+enum From {
+    Source(usize),
+    Stray,
+}
+
+pub struct ChunkMerge<C: ChunkData> {
+    sources: Vec<Source<C>>,
+    stray: BinaryHeap<Reverse<Stray>>,
+    next_id: u64,
+    expected: Option<u64>,
+    last_seen: Option<u64>,
+    gap_since: Option<Instant>,
+    gap_timeout: Duration,
+    spare_seqs: Vec<Vec<u64>>,
+    pub stats: MergeStats,
+}
+
+impl<C: ChunkData> ChunkMerge<C> {
+    /// `from_start`: the module was just started, so sequence 1 comes first.
+    pub fn new(sources: usize, from_start: bool, gap_timeout: Duration) -> Self {
+        ChunkMerge {
+            sources: (0..sources.max(1))
+                .map(|_| Source {
+                    queue: VecDeque::new(),
+                    last: None,
+                })
+                .collect(),
+            stray: BinaryHeap::new(),
+            next_id: 0,
+            expected: from_start.then_some(1),
+            last_seen: None,
+            gap_since: None,
+            gap_timeout,
+            spare_seqs: Vec::new(),
+            stats: MergeStats::default(),
+        }
+    }
+
+    /// As [`stap_common::relay::Merger`]: the 64-bit place of a 32-bit
+    /// sequence number nearest to where the stream is now.
+    fn unwrap(&self, seq: u32) -> u64 {
+        const SPAN: u64 = 1 << 32;
+        let Some(r) = self.expected.or(self.last_seen) else {
+            return u64::from(seq);
+        };
+        let c = (r & !(SPAN - 1)) | u64::from(seq);
+        if c + SPAN / 2 < r {
+            c + SPAN
+        } else if c > r + SPAN / 2 && c >= SPAN {
+            c - SPAN
+        } else {
+            c
+        }
+    }
+
+    /// Queue a chunk of `source` (sources past the number given to
+    /// [`ChunkMerge::new`] share the last one).
+    pub fn push(&mut self, source: usize, chunk: C) {
+        let src = source.min(self.sources.len() - 1);
+        let n = chunk.spans().len();
+        let mut seqs = self.spare_seqs.pop().unwrap_or_default();
+        seqs.clear();
+        seqs.reserve(n);
+        let id = self.next_id;
+        let mut queued_any = false;
+        for (i, s) in chunk.spans().iter().enumerate() {
+            let seq = self.unwrap(s.sequence);
+            if self.expected.is_some_and(|e| seq < e) {
+                self.stats.late += 1;
+                seqs.push(SKIP);
+                continue;
+            }
+            self.last_seen = Some(seq);
+            let last = &mut self.sources[src].last;
+            if last.is_some_and(|l| l > seq) {
+                self.stray.push(Reverse(Stray {
+                    seq,
+                    id: id + i as u64,
+                    payload: chunk.buf()[s.payload()].to_vec(),
+                }));
+                seqs.push(SKIP);
+                continue;
+            }
+            *last = Some(seq);
+            seqs.push(seq);
+            queued_any = true;
+        }
+        self.next_id += n as u64;
+        if queued_any {
+            self.sources[src].queue.push_back(Queued {
+                chunk,
+                seqs,
+                id,
+                pos: 0,
+            });
+        } else {
+            self.spare_seqs.push(seqs);
+        }
+    }
+
+    /// The head of `src`: (sequence, arrival id), dropping spent chunks.
+    fn head(&mut self, src: usize) -> Option<(u64, u64)> {
+        let s = &mut self.sources[src];
+        loop {
+            let q = s.queue.front_mut()?;
+            while q.pos < q.seqs.len() && q.seqs[q.pos] == SKIP {
+                q.pos += 1;
+            }
+            if q.pos < q.seqs.len() {
+                return Some((q.seqs[q.pos], q.id + q.pos as u64));
+            }
+            let done = s.queue.pop_front().expect("front exists");
+            self.spare_seqs.push(done.seqs);
+            if s.queue.is_empty() {
+                s.last = None;
+            }
+        }
+    }
+
+    /// The least (sequence, arrival) held, and where it is.
+    fn min(&mut self) -> Option<(u64, u64, From)> {
+        let mut best: Option<(u64, u64, From)> = None;
+        for src in 0..self.sources.len() {
+            if let Some((seq, id)) = self.head(src)
+                && best.is_none_or(|(bs, bi, _)| (seq, id) < (bs, bi))
+            {
+                best = Some((seq, id, From::Source(src)));
+            }
+        }
+        if let Some(Reverse(s)) = self.stray.peek()
+            && best.is_none_or(|(bs, bi, _)| (s.seq, s.id) < (bs, bi))
+        {
+            best = Some((s.seq, s.id, From::Stray));
+        }
+        best
+    }
+
+    /// Give the record at `from` (the current minimum) to `emit` (or
+    /// drop it), and move past it.
+    fn take<E>(&mut self, from: From, emit: Option<&mut Emit<'_, E>>) -> Result<(), E> {
+        match from {
+            From::Stray => {
+                let Some(Reverse(s)) = self.stray.pop() else {
+                    return Ok(());
+                };
+                if let Some(f) = emit {
+                    f(&s.payload)?;
+                }
+            }
+            From::Source(src) => {
+                let s = &mut self.sources[src];
+                let Some(q) = s.queue.front_mut() else {
+                    return Ok(());
+                };
+                let span = q.chunk.spans()[q.pos];
+                q.pos += 1;
+                if let Some(f) = emit {
+                    f(&q.chunk.buf()[span.payload()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Release what is in order now to `emit`; after `gap_timeout` without
+    /// the missing sequence, skip to the lowest one held.
+    pub fn ready<E>(&mut self, now: Instant, emit: &mut Emit<'_, E>) -> Result<(), E> {
+        loop {
+            let Some((min, _, from)) = self.min() else {
+                self.gap_since = None;
+                return Ok(());
+            };
+            let expected = match self.expected {
+                Some(e) => e,
+                None => {
+                    // Attached: start at the lowest held once the window passed.
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.gap_timeout {
+                        return Ok(());
+                    }
+                    min
+                }
+            };
+            if min < expected {
+                self.take(from, None)?;
+                self.stats.late += 1;
+                continue;
+            }
+            if min > expected {
+                let since = *self.gap_since.get_or_insert(now);
+                if now.duration_since(since) < self.gap_timeout {
+                    return Ok(());
+                }
+                self.stats.lost += min - expected;
+            }
+            self.expected = Some(min + 1);
+            self.gap_since = None;
+            self.stats.delivered += 1;
+            self.take(from, Some(&mut *emit))?;
+            if let From::Source(src) = from {
+                self.run_from(src, emit)?;
+            }
+        }
+    }
+
+    /// After a record of `src` was released: while the next records of
+    /// `src` are the next sequence numbers and come before everything
+    /// held elsewhere, release them without looking at the other sources
+    /// for each (one CPU, or a CPU printing a burst).
+    fn run_from<E>(&mut self, src: usize, emit: &mut Emit<'_, E>) -> Result<(), E> {
+        if self.head(src).map(|h| h.0) != self.expected {
+            return Ok(());
+        }
+        let mut bound: Option<(u64, u64)> = None;
+        for other in (0..self.sources.len()).filter(|o| *o != src) {
+            if let Some(h) = self.head(other)
+                && bound.is_none_or(|b| h < b)
+            {
+                bound = Some(h);
+            }
+        }
+        if let Some(Reverse(s)) = self.stray.peek()
+            && bound.is_none_or(|b| (s.seq, s.id) < b)
+        {
+            bound = Some((s.seq, s.id));
+        }
+        while let Some((seq, id)) = self.head(src) {
+            if Some(seq) != self.expected || bound.is_some_and(|b| (seq, id) >= b) {
+                break;
+            }
+            self.expected = Some(seq + 1);
+            self.stats.delivered += 1;
+            self.take(From::Source(src), Some(&mut *emit))?;
+        }
+        Ok(())
+    }
+
+    /// At the end: everything held, in order, gaps counted as lost.
+    pub fn finish<E>(&mut self, emit: &mut Emit<'_, E>) -> Result<(), E> {
+        while let Some((seq, _, from)) = self.min() {
+            match self.expected {
+                Some(e) if seq < e => {
+                    self.take(from, None)?;
+                    self.stats.late += 1;
+                    continue;
+                }
+                Some(e) => self.stats.lost += seq - e,
+                None => {}
+            }
+            self.expected = Some(seq + 1);
+            self.stats.delivered += 1;
+            self.take(from, Some(&mut *emit))?;
+        }
+        Ok(())
+    }
+
+    /// Records held.
+    pub fn buffered(&self) -> usize {
+        self.stray.len()
+            + self
+                .sources
+                .iter()
+                .flat_map(|s| s.queue.iter())
+                .map(|q| q.seqs[q.pos..].iter().filter(|s| **s != SKIP).count())
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stap_common::protocol::Generation;
+    use stap_common::relay::{Merger, encode_record, header_len};
+
+    struct TestChunk {
+        buf: Vec<u8>,
+        spans: Vec<Span>,
+    }
+
+    impl ChunkData for TestChunk {
+        fn buf(&self) -> &[u8] {
+            &self.buf
+        }
+        fn spans(&self) -> &[Span] {
+            &self.spans
+        }
+    }
+
+    /// Records whose payload is "SEQ SOURCE\n" (duplicates differ by source).
+    fn chunk_of(seqs: &[u32], source: usize) -> TestChunk {
+        let g = Generation::V5;
+        let hl = header_len(g) as u32;
+        let (mut buf, mut spans) = (Vec::new(), Vec::new());
+        for s in seqs {
+            let start = buf.len() as u32;
+            encode_record(g, *s, format!("{s} {source}\n").as_bytes(), &mut buf);
+            spans.push(Span {
+                sequence: *s,
+                start,
+                payload: start + hl,
+                end: buf.len() as u32,
+            });
+        }
+        TestChunk { buf, spans }
+    }
+
+    fn chunk(seqs: &[u32]) -> TestChunk {
+        chunk_of(seqs, 0)
+    }
+
+    fn text(out: &[Vec<u8>]) -> Vec<u32> {
+        out.iter()
+            .map(|b| {
+                let t = String::from_utf8_lossy(b);
+                t.split_whitespace().next().unwrap().parse().unwrap()
+            })
+            .collect()
+    }
+
+    fn lines(out: &[Vec<u8>]) -> Vec<String> {
+        out.iter()
+            .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+            .collect()
+    }
+
+    /// xorshift, so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// The same arrivals, release calls and end as the reference Merger:
+    /// the same records in the same order and the same counts.
+    #[test]
+    fn releases_exactly_what_the_reference_merger_releases() {
+        for seed in 1..400u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let sources = 1 + rng.below(4) as usize;
+            let from_start = rng.below(4) != 0;
+            let gap = Duration::from_millis(100);
+            let base: u32 = if rng.below(3) == 0 { u32::MAX - 50 } else { 0 };
+            let total = 20 + rng.below(200) as u32;
+            // Deal sequence numbers to sources in increasing order, then
+            // damage the streams: gaps, duplicates, a swap within a source.
+            let mut streams: Vec<Vec<u32>> = vec![Vec::new(); sources];
+            for i in 1..=total {
+                let s = base.wrapping_add(i);
+                match rng.below(20) {
+                    0 => {}
+                    1 => {
+                        let a = rng.below(sources as u64) as usize;
+                        let b = rng.below(sources as u64) as usize;
+                        streams[a].push(s);
+                        streams[b].push(s);
+                    }
+                    _ => streams[rng.below(sources as u64) as usize].push(s),
+                }
+            }
+            for st in &mut streams {
+                if st.len() > 3 && rng.below(3) == 0 {
+                    let i = rng.below(st.len() as u64 - 1) as usize;
+                    st.swap(i, i + 1);
+                }
+            }
+            let mut reference: Merger<String> = Merger::with_sources(sources, from_start, gap);
+            let mut ours: ChunkMerge<TestChunk> = ChunkMerge::new(sources, from_start, gap);
+            let (mut want, mut got) = (Vec::new(), Vec::<Vec<u8>>::new());
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut pos = vec![0usize; sources];
+            while pos.iter().zip(&streams).any(|(p, s)| *p < s.len()) {
+                let src = rng.below(sources as u64) as usize;
+                let n = (1 + rng.below(6) as usize).min(streams[src].len() - pos[src]);
+                if n > 0 {
+                    let part = &streams[src][pos[src]..pos[src] + n];
+                    pos[src] += n;
+                    for s in part {
+                        reference.push_from(src, *s, format!("{s} {src}"));
+                    }
+                    ours.push(src, chunk_of(part, src));
+                }
+                if rng.below(3) == 0 {
+                    now += Duration::from_millis(rng.below(120));
+                    let mut v = Vec::new();
+                    reference.ready(now, &mut v);
+                    want.extend(v);
+                    ours.ready(now, &mut |b: &[u8]| -> Result<(), ()> {
+                        got.push(b.to_vec());
+                        Ok(())
+                    })
+                    .unwrap();
+                    assert_eq!(lines(&got), want, "seed {seed} after ready");
+                    assert_eq!(ours.buffered(), reference.buffered(), "seed {seed}");
+                }
+            }
+            let mut v = Vec::new();
+            reference.finish(&mut v);
+            want.extend(v);
+            ours.finish(&mut |b: &[u8]| -> Result<(), ()> {
+                got.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(lines(&got), want, "seed {seed} at finish");
+            assert_eq!(ours.stats, reference.stats, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn interleaved_sources_come_out_in_order_and_a_gap_waits() {
+        let gap = Duration::from_secs(2);
+        let mut m: ChunkMerge<TestChunk> = ChunkMerge::new(2, true, gap);
+        m.push(0, chunk(&[1, 3, 5, 8]));
+        m.push(1, chunk(&[2, 4, 6, 9]));
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        m.ready(t0, &mut |b: &[u8]| -> Result<(), ()> {
+            got.push(b.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(text(&got), [1, 2, 3, 4, 5, 6]);
+        // 7 is missing: nothing more until the gap timeout.
+        m.ready(
+            t0 + Duration::from_secs(1),
+            &mut |b: &[u8]| -> Result<(), ()> {
+                got.push(b.to_vec());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(got.len(), 6);
+        m.ready(
+            t0 + Duration::from_secs(4),
+            &mut |b: &[u8]| -> Result<(), ()> {
+                got.push(b.to_vec());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(text(&got), [1, 2, 3, 4, 5, 6, 8, 9]);
+        assert_eq!(m.stats.lost, 1);
+    }
+}
