@@ -251,6 +251,19 @@ pub fn cpu_time() -> io::Result<Duration> {
     Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
+/// User plus system CPU time of the calling thread so far
+/// (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`).
+pub fn thread_cpu_time() -> io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live, writable timespec.
+    cerr(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) })?;
+    Ok(Duration::from_secs(ts.tv_sec.unsigned_abs())
+        + Duration::from_nanos(ts.tv_nsec.unsigned_abs()))
+}
+
 /// Wait for `events` on `fd` for up to `timeout`.
 pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {

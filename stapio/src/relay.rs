@@ -66,6 +66,9 @@ pub struct PumpStats {
     pub lost_bytes: u64,
     /// Records that came after their turn, or twice.
     pub unexpected: u64,
+    /// CPU time of the reader threads, and of the merger (serial mode).
+    pub reader_cpu: Duration,
+    pub merger_cpu: Duration,
 }
 
 impl PumpStats {
@@ -101,14 +104,18 @@ struct ReaderEnd {
     records: u64,
     bytes: u64,
     lost_bytes: u64,
+    cpu: Duration,
 }
+
+/// What the merger counted: lost and late records, and its CPU time.
+type MergerEnd = (u64, u64, Duration);
 
 /// Running reader (and merger) threads.
 pub struct Pump {
     stop: Arc<AtomicU8>,
     failed: Arc<AtomicBool>,
     readers: Vec<JoinHandle<Result<ReaderEnd, Error>>>,
-    merger: Option<JoinHandle<Result<(u64, u64), Error>>>,
+    merger: Option<JoinHandle<Result<MergerEnd, Error>>>,
 }
 
 impl std::fmt::Debug for Pump {
@@ -260,6 +267,7 @@ impl Pump {
                     stats.records += end.records;
                     stats.bytes += end.bytes;
                     stats.lost_bytes += end.lost_bytes;
+                    stats.reader_cpu += end.cpu;
                 }
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
@@ -272,9 +280,10 @@ impl Pump {
         // All senders are gone now: the merger flushes and ends.
         if let Some(m) = self.merger {
             match m.join() {
-                Ok(Ok((lost, late))) => {
+                Ok(Ok((lost, late, cpu))) => {
                     stats.lost_messages += lost;
                     stats.unexpected += late;
+                    stats.merger_cpu = cpu;
                 }
                 Ok(Err(e)) => {
                     // A write error is the root cause; reader errors that
@@ -389,6 +398,7 @@ fn reader_thread(
     }
     parser.finish();
     end.lost_bytes = parser.stats.resync_bytes;
+    end.cpu = sys::thread_cpu_time().unwrap_or_default();
     if let Sink::Bulk(out) = sink {
         out.finish()?;
     }
@@ -476,7 +486,7 @@ fn merge_thread(
     mut merger: ChunkMerge<Held>,
     mut out: Output,
     signals: &Signals,
-) -> Result<(u64, u64), Error> {
+) -> Result<MergerEnd, Error> {
     let take = |merger: &mut ChunkMerge<Held>, c: Chunk, out: &mut Output| {
         merger.push(
             c.source,
@@ -509,7 +519,8 @@ fn merge_thread(
     }
     merger.finish(&mut |b: &[u8]| out.write_record(&[b]))?;
     out.finish()?;
-    Ok((merger.stats.lost, merger.stats.late))
+    let cpu = sys::thread_cpu_time().unwrap_or_default();
+    Ok((merger.stats.lost, merger.stats.late, cpu))
 }
 
 #[cfg(test)]

@@ -653,7 +653,13 @@ impl<'k> Session<'k> {
             }
             self.verbose(
                 2,
-                &format!("{} records, {} bytes", stats.records, stats.bytes),
+                &format!(
+                    "{} records, {} bytes; CPU: readers {:.3} s, merger {:.3} s",
+                    stats.records,
+                    stats.bytes,
+                    stats.reader_cpu.as_secs_f64(),
+                    stats.merger_cpu.as_secs_f64()
+                ),
             );
         }
         // Close .cmd and the directory: the module may now be unloaded (or

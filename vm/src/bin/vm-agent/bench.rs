@@ -200,7 +200,22 @@ fn dir_bytes(dir: &str) -> u64 {
 }
 
 /// One `staprun` run as alice; `prints` per CPU of `size` bytes.
-fn run_one(mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResult {
+/// Ours with `-vv` reports its threads' CPU time at the end:
+/// "... CPU: readers R s, merger M s".
+fn thread_cpu(stderr: &str) -> Option<(f64, f64)> {
+    let l = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("CPU: readers "))?
+        .1;
+    let (r, m) = l.split_once(" s, merger ")?;
+    Some((
+        r.trim().parse().ok()?,
+        m.trim_end_matches(" s").trim().parse().ok()?,
+    ))
+}
+
+fn run_one(tool: Impl, mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResult {
     let mut res = RunResult {
         prints_expected: prints * ncpus() as u64,
         ..RunResult::default()
@@ -214,14 +229,17 @@ fn run_one(mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResu
         Sink::Tmpfs => format!("{OUT_DIR}/out"),
         Sink::Null => "/dev/null".to_owned(),
     };
-    let mut argv = vec![
-        STAPRUN.to_owned(),
+    let mut argv = vec![STAPRUN.to_owned()];
+    if tool == Impl::Ours {
+        argv.push("-vv".into());
+    }
+    argv.extend([
         "-o".into(),
         out,
         "pmod".into(),
         format!("records={prints}"),
         format!("record_size={size}"),
-    ];
+    ]);
     if mode == Mode::Bulk {
         argv.push("bulk=1".into());
     }
@@ -667,7 +685,8 @@ fn bench(r: &mut Reporter) {
                             r.check("activate", false, e);
                             return;
                         }
-                        let res = run_one(mode, sink, size, n, rate);
+                        let res = run_one(t, mode, sink, size, n, rate);
+                        let (rcpu, mcpu) = thread_cpu(&res.stderr).unwrap_or((f64::NAN, f64::NAN));
                         let ok = res.exit == Some(0) && res.payload > 0;
                         r.check(
                             &format!("run_{}_{mode:?}_{sink:?}_{size}_{load}", t.name()),
@@ -678,7 +697,7 @@ fn bench(r: &mut Reporter) {
                             max_mbps.insert(t.name(), res.mbps());
                         }
                         r.line(&format!(
-                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} unread={} cpu_s={:.3} rss_kib={} exit={}",
+                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} unread={} cpu_s={:.3} reader_cpu_s={rcpu:.3} merger_cpu_s={mcpu:.3} rss_kib={} exit={}",
                             t.name(),
                             match mode {
                                 Mode::Serial => "serial",
