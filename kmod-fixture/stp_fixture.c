@@ -283,7 +283,8 @@ static int put_dec(char *p, u32 v)
  * Writes one record: header + payload, straight into this CPU's relay
  * buffer.  With cpu >= 0 the payload is a record line
  * "cpu=C n=N seq=S ...." padded with dots to `len` bytes, ending in '\n'.
- * A full buffer (and no flight-recorder mode) drops the record.
+ * A full buffer (and no flight-recorder mode) drops the record (its
+ * sequence number is spent, so the gap shows).
  */
 static void stp_write_record(const char *data, u32 len, int cpu, int n)
 {
@@ -298,6 +299,12 @@ static void stp_write_record(const char *data, u32 len, int cpu, int n)
 	local_irq_save(flags);
 	lock = this_cpu_ptr(&print_lock);
 	spin_lock(lock);
+	/*
+	 * The sequence number is taken first, as the runtime's print flush
+	 * does: a record dropped for want of room leaves a gap that stapio
+	 * reports as lost.
+	 */
+	seq = atomic_inc_return(&sequence);
 	rec = relay_reserve(rchan, hlen + len);
 	if (!rec) {
 		spin_unlock(lock);
@@ -305,7 +312,6 @@ static void stp_write_record(const char *data, u32 len, int cpu, int n)
 		atomic_inc(&dropped);
 		return;
 	}
-	seq = atomic_inc_return(&sequence);
 	__this_cpu_add(bytes_written, hlen + len);
 #if STP_GEN == 5
 	memcpy(rec, "\xF0\x9F\xA9\xBA", 4);
@@ -936,7 +942,7 @@ static void __exit stp_fixture_exit(void)
 
 		for_each_possible_cpu(cpu)
 			written += per_cpu(bytes_written, cpu);
-		pr_info("%s: records written %u, dropped %d, bytes written %llu, bytes read %llu\n",
+		pr_info("%s: records numbered %u, dropped %d, bytes written %llu, bytes read %llu\n",
 			THIS_MODULE->name, (u32)atomic_read(&sequence),
 			atomic_read(&dropped), written,
 			(u64)atomic64_read(&bytes_read));

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::Duration;
 
 use crate::modname::ModName;
@@ -82,6 +82,22 @@ pub trait Relay: Send {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     /// Wait up to `timeout` for data.
     fn wait(&mut self, timeout: Duration) -> io::Result<bool>;
+    /// Wait up to `timeout` for data, or until `wake` (the read end of a
+    /// pipe) is readable; true if data may be read. Relays without a file
+    /// descriptor look at `wake` every few milliseconds.
+    fn wait_or_wake(&mut self, timeout: Duration, wake: BorrowedFd<'_>) -> io::Result<bool> {
+        const SLICE: Duration = Duration::from_millis(5);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.wait(left.min(SLICE))? {
+                return Ok(!left.is_zero());
+            }
+            if crate::sys::poll_one(wake, libc::POLLIN, Duration::ZERO)? {
+                return Ok(false);
+            }
+        }
+    }
 }
 
 /// Text for the errno values `init_module` returns, as SystemTap's

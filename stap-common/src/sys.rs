@@ -264,6 +264,42 @@ pub fn thread_cpu_time() -> io::Result<Duration> {
         + Duration::from_nanos(ts.tv_nsec.unsigned_abs()))
 }
 
+/// Wait up to `timeout` until `fd` is readable or `wake` is readable;
+/// returns (fd readable, wake readable).
+pub fn poll_in_or_wake(
+    fd: BorrowedFd<'_>,
+    wake: BorrowedFd<'_>,
+    timeout: Duration,
+) -> io::Result<(bool, bool)> {
+    let mut p = [
+        libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let ready = |r: i16| r & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    // SAFETY: `p` is an array of two valid pollfds for the duration of the call.
+    match unsafe { libc::poll(p.as_mut_ptr(), 2, ms) } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok((false, false))
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok((false, false)),
+        _ => Ok((ready(p[0].revents), ready(p[1].revents))),
+    }
+}
+
 /// Wait for `events` on `fd` for up to `timeout`.
 pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout: Duration) -> io::Result<bool> {
     let mut p = libc::pollfd {
@@ -760,6 +796,15 @@ impl<'a> Prepared<'a> {
 fn close_from_3_in_child() {
     // SAFETY: close_range(2) only closes descriptors of this (child) process.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// A close-on-exec, non-blocking pipe: (read end, write end).
+pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    cerr(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Fork a child that waits, before `exec`, until the returned descriptor

@@ -4,7 +4,8 @@
 //! bulk mode each reader writes header and payload to its own file.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -33,8 +34,6 @@ const RUN: u8 = 0;
 const DRAIN: u8 = 1;
 const KILL: u8 = 2;
 const DETACH: u8 = 3;
-/// How often a reader waiting for data looks whether the pump is closing.
-const STOP_CHECK: Duration = Duration::from_millis(20);
 /// Longest a normal end reads what the module still has.
 const DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -114,6 +113,8 @@ type MergerEnd = (u64, u64, Duration);
 pub struct Pump {
     stop: Arc<AtomicU8>,
     failed: Arc<AtomicBool>,
+    /// One pipe per reader: a byte wakes it from its wait for data.
+    wake: Vec<std::fs::File>,
     readers: Vec<JoinHandle<Result<ReaderEnd, Error>>>,
     merger: Option<JoinHandle<Result<MergerEnd, Error>>>,
 }
@@ -207,6 +208,7 @@ impl Pump {
         let mut pump = Pump {
             stop,
             failed,
+            wake: Vec::new(),
             readers: Vec::new(),
             merger,
         };
@@ -215,7 +217,18 @@ impl Pump {
             let failed = pump.failed.clone();
             let sig = signals.clone();
             let g = cfg.generation;
-            let timeout = cfg.reader_timeout;
+            let (wake, kick) = match sys::pipe_nonblocking() {
+                Ok((r, w)) => (std::fs::File::from(r), std::fs::File::from(w)),
+                Err(e) => {
+                    pump.close(Close::Kill);
+                    return Err(Error::Thread(e));
+                }
+            };
+            pump.wake.push(kick);
+            let waiter = Waiter {
+                timeout: cfg.reader_timeout,
+                wake,
+            };
             let pin = cfg.pin;
             let handle = thread::Builder::new()
                 .name(format!("stapio-cpu{cpu}"))
@@ -224,7 +237,7 @@ impl Pump {
                     if pin {
                         sys::pin_to_cpu(cpu);
                     }
-                    let r = reader_thread(cpu, relay, g, sink, &stop, timeout, &sig);
+                    let r = reader_thread(cpu, relay, g, sink, &stop, waiter, &sig);
                     if r.is_err() {
                         failed.store(true, Ordering::SeqCst);
                     }
@@ -241,6 +254,15 @@ impl Pump {
         Ok(pump)
     }
 
+    /// Wake the readers now (the begin probes have printed: read it at
+    /// once rather than after the poll timeout).
+    pub fn kick(&mut self) {
+        for w in &mut self.wake {
+            // Non-blocking: a full pipe already holds a wake-up.
+            let _ = w.write(&[1]);
+        }
+    }
+
     /// Whether a thread has failed (e.g. the output disk is full); the
     /// session then ends the script.
     pub fn failed(&self) -> bool {
@@ -249,7 +271,7 @@ impl Pump {
 
     /// Stop the threads and collect what they counted; the first error
     /// of any thread comes back with the counts.
-    pub fn close(self, how: Close) -> (PumpStats, Option<Error>) {
+    pub fn close(mut self, how: Close) -> (PumpStats, Option<Error>) {
         let mut stats = PumpStats::default();
         let mut first_err = None;
         match how {
@@ -258,9 +280,11 @@ impl Pump {
             Close::Kill => {
                 // Do not wait for threads that may be stuck in a write.
                 self.stop.store(KILL, Ordering::SeqCst);
+                self.kick();
                 return (stats, None);
             }
         }
+        self.kick();
         for h in self.readers {
             match h.join() {
                 Ok(Ok(end)) => {
@@ -305,9 +329,10 @@ fn reader_thread(
     generation: Generation,
     mut sink: Sink,
     stop: &AtomicU8,
-    timeout: Duration,
+    mut waiter: Waiter,
     signals: &Signals,
 ) -> Result<ReaderEnd, Error> {
+    let timeout = waiter.timeout;
     let mut parser = Parser::with_buffer(generation, READ_CHUNK);
     let mut spans: Vec<Span> = Vec::new();
     let mut end = ReaderEnd::default();
@@ -356,7 +381,7 @@ fn reader_thread(
             if state == DETACH || state == DRAIN {
                 break;
             }
-            match wait_unless_stopped(relay.as_mut(), timeout, stop) {
+            match waiter.wait(relay.as_mut()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => return Err(Error::RelayRead { cpu, source }),
@@ -405,22 +430,23 @@ fn reader_thread(
     Ok(end)
 }
 
-/// Waits up to `timeout` (`-T`) for data, looking at `stop` every
-/// [`STOP_CHECK`] so that closing the pump does not wait out the timeout.
-fn wait_unless_stopped(
-    relay: &mut dyn Relay,
+/// How a reader waits for data: up to `-T`, or until the pump wakes it
+/// (the begin probes have run, or the pump is closing).
+struct Waiter {
     timeout: Duration,
-    stop: &AtomicU8,
-) -> io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || relay.wait(left.min(STOP_CHECK))? {
-            return Ok(());
+    wake: std::fs::File,
+}
+
+impl Waiter {
+    fn wait(&mut self, relay: &mut dyn Relay) -> io::Result<()> {
+        if !relay.wait_or_wake(self.timeout, self.wake.as_fd())?
+            && sys::poll_one(self.wake.as_fd(), libc::POLLIN, Duration::ZERO)?
+        {
+            // Take the wake-up bytes (non-blocking; at most a few are queued).
+            let mut b = [0u8; 64];
+            while matches!(self.wake.read(&mut b), Ok(n) if n == b.len()) {}
         }
-        if stop.load(Ordering::SeqCst) != RUN {
-            return Ok(());
-        }
+        Ok(())
     }
 }
 

@@ -540,6 +540,10 @@ impl<'k> Session<'k> {
         if self.state == State::Starting {
             self.state = State::Running;
         }
+        // The begin probes may have printed: read it now.
+        if let Some(p) = self.pump.as_mut() {
+            p.kick();
+        }
         if let Some(pid) = self.target.as_ref().map(Target::pid) {
             self.verbose(1, &format!("releasing pid {pid}"));
         }

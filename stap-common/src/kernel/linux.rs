@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -314,6 +314,10 @@ impl Relay for LinuxRelay {
 
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         sys::poll_one(self.fd.as_fd(), libc::POLLIN, timeout)
+    }
+
+    fn wait_or_wake(&mut self, timeout: Duration, wake: BorrowedFd<'_>) -> io::Result<bool> {
+        sys::poll_in_or_wake(self.fd.as_fd(), wake, timeout).map(|(data, _)| data)
     }
 }
 

@@ -154,10 +154,10 @@ struct FixtureReport {
     bytes_read: u64,
 }
 
-/// "pmod: records written N, dropped D, bytes written W, bytes read R".
+/// "pmod: records numbered N, dropped D, bytes written W, bytes read R".
 fn fixture_report(lines: &[String]) -> Option<FixtureReport> {
     lines.iter().rev().find_map(|l| {
-        let rest = l.strip_prefix("pmod: records written ")?;
+        let rest = l.strip_prefix("pmod: records numbered ")?;
         let mut nums = rest
             .split(|c: char| !c.is_ascii_digit())
             .filter(|s| !s.is_empty())
