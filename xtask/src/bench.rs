@@ -12,8 +12,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+use std::process::Command;
+
 use crate::Result;
 use crate::compat;
+use crate::cpio::{self, Entry};
+use crate::prepare::{self, TARGET, step};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Options {
@@ -47,6 +52,54 @@ pub struct Options {
     /// Guest memory in MiB (relay buffers are 16 MiB per CPU; tmpfs holds the output).
     #[arg(long, default_value_t = 2048)]
     pub mem: u32,
+    /// Also run our stapio as built from this git revision (tool "base"), to see whether a
+    /// change helped.
+    #[arg(long, value_name = "REV")]
+    pub baseline: Option<String>,
+}
+
+/// Our stapio as built from `rev` (a throwaway worktree, its own target directory).
+fn baseline_stapio(rev: &str) -> Result<Vec<u8>> {
+    let root = prepare::workspace_root();
+    let dir = vm::target_dir().join("bench").join("baseline-src");
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.args(args).current_dir(&root);
+        c
+    };
+    if dir.exists() {
+        let _ = git(&["worktree", "remove", "--force", &dir.to_string_lossy()]).status();
+        let _ = fs::remove_dir_all(&dir);
+    }
+    prepare::status(
+        git(&["worktree", "add", "--detach", &dir.to_string_lossy(), rev])
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let target = vm::target_dir().join("bench").join("baseline-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = prepare::status(
+        Command::new(cargo)
+            .args(["build", "--release", "--target", TARGET, "-p", "stapio"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .current_dir(&dir),
+    );
+    let _ = git(&["worktree", "remove", "--force", &dir.to_string_lossy()]).status();
+    built?;
+    let bin = target.join(TARGET).join("release").join("stapio");
+    fs::read(&bin).map_err(|e| format!("read {}: {e}", bin.display()))
+}
+
+/// The compat initramfs plus /opt/base/stapio.
+fn with_baseline(initrd: &Path, stapio: Vec<u8>, out: &Path) -> Result<()> {
+    let mut bytes = fs::read(initrd).map_err(|e| format!("read {}: {e}", initrd.display()))?;
+    let extras = [
+        Entry::dir("opt/base", 0o755),
+        Entry::file("opt/base/stapio", 0o755, stapio),
+    ];
+    cpio::write(&mut bytes, &extras).map_err(|e| format!("cpio: {e}"))?;
+    fs::write(out, bytes).map_err(|e| format!("write {}: {e}", out.display()))
 }
 
 /// One `BENCH run` line.
@@ -224,13 +277,22 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             .get("theirs")
             .map_or("-".into(), |v| format!("{v:.0}"))
     );
+    let has_base = g.runs.iter().any(|r| r.tool == "base");
     let _ = writeln!(
         o,
-        "| mode | output | print | load | ours MB/s | C MB/s | ours/C | ours lost | C lost | ours CPU s/GB | C CPU s/GB | ours peak RSS MiB | C peak RSS MiB | ours % of ceiling |"
+        "| mode | output | print | load | ours MB/s | C MB/s | ours/C |{} ours lost | C lost | ours CPU s/GB | C CPU s/GB |{} ours peak RSS MiB | C peak RSS MiB | ours % of ceiling |",
+        if has_base {
+            " base MB/s | ours/base |"
+        } else {
+            ""
+        },
+        if has_base { " base CPU s/GB |" } else { "" },
     );
     let _ = writeln!(
         o,
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---|---:|---:|---:|{}---:|---:|---:|---:|{}---:|---:|---:|",
+        if has_base { "---:|---:|" } else { "" },
+        if has_base { "---:|" } else { "" },
     );
     let mut keys: Vec<(String, String, u64, String)> = g
         .runs
@@ -250,11 +312,10 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
         let c = find("theirs", k);
         let num = |r: Option<&Run>, f: &dyn Fn(&Run) -> String| r.map(f).unwrap_or("-".into());
         let ceiling = g.ceiling.get(&k.2).copied().unwrap_or(0.0);
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            k.0,
-            if k.1 == "null" { "/dev/null" } else { "tmpfs" },
+        let base = find("base", k);
+        let mut cells = vec![
+            k.0.clone(),
+            if k.1 == "null" { "/dev/null" } else { "tmpfs" }.to_owned(),
             size_name(k.2),
             match k.3.strip_prefix('r') {
                 Some(p) => format!("{p}% of best max"),
@@ -266,18 +327,37 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
                 (Some(a), Some(b)) => ratio(a.mbps, b.mbps),
                 _ => "-".into(),
             },
+        ];
+        if has_base {
+            cells.push(num(base, &|r| format!("{:.1}", r.mbps)));
+            cells.push(match (ours, base) {
+                (Some(a), Some(b)) => ratio(a.mbps, b.mbps),
+                _ => "-".into(),
+            });
+        }
+        cells.extend([
             num(ours, &|r| format!("{} of {}", r.lost, r.expected)),
             num(c, &|r| format!("{} of {}", r.lost, r.expected)),
             num(ours, &|r| format!("{:.1}", cpu_per_gb(r, fixed("ours")))),
             num(c, &|r| format!("{:.1}", cpu_per_gb(r, fixed("theirs")))),
+        ]);
+        if has_base {
+            cells.push(num(base, &|r| {
+                format!("{:.1}", cpu_per_gb(r, fixed("base")))
+            }));
+        }
+        cells.extend([
             num(ours, &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0)),
             num(c, &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0)),
-            num(ours, &|r| if ceiling > 0.0 {
-                format!("{:.0}%", 100.0 * r.mbps / ceiling)
-            } else {
-                "-".into()
+            num(ours, &|r| {
+                if ceiling > 0.0 {
+                    format!("{:.0}%", 100.0 * r.mbps / ceiling)
+                } else {
+                    "-".into()
+                }
             }),
-        );
+        ]);
+        let _ = writeln!(o, "| {} |", cells.join(" | "));
         if let (Some(a), Some(b)) = (ours, c) {
             let row = format!(
                 "{} vCPUs {} {} {} {}",
@@ -324,9 +404,21 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
 
 pub fn bench(opts: &Options) -> Result<()> {
     let t0 = Instant::now();
-    let art = compat::prepare(&opts.compat)?;
+    let mut art = compat::prepare(&opts.compat)?;
     let dir = vm::target_dir().join("bench");
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let mut tools = opts.tools.clone();
+    if let Some(rev) = &opts.baseline {
+        let stapio = step(&format!("stapio at {rev} (baseline)"), || {
+            baseline_stapio(rev)
+        })?;
+        let initrd = dir.join("initramfs-bench.cpio");
+        with_baseline(&art.initrd, stapio, &initrd)?;
+        art.initrd = initrd;
+        if !tools.split(',').any(|t| t == "base") {
+            tools.push_str(",base");
+        }
+    }
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -334,7 +426,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     );
     let _ = writeln!(
         text,
-        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --startup {}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
+        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --startup {}{}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
         opts.cpus
             .iter()
             .map(u32::to_string)
@@ -347,6 +439,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         opts.outs,
         opts.loads,
         opts.startup,
+        opts.baseline
+            .as_ref()
+            .map_or(String::new(), |r| format!(" --baseline {r}")),
         art.kver,
         art.accel,
         opts.mem
@@ -360,7 +455,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         spec.append.extend([
             format!("bench.mib={}", opts.mib),
             format!("bench.sizes={}", opts.sizes),
-            format!("bench.tools={}", opts.tools),
+            format!("bench.tools={tools}"),
             format!("bench.modes={}", opts.modes),
             format!("bench.outs={}", opts.outs),
             format!("bench.loads={}", opts.loads),

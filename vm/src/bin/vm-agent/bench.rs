@@ -26,6 +26,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::compat::{self, Impl};
+
+/// An implementation under test: ours, a baseline build of our stapio
+/// (`cargo xtask bench --baseline REV` puts it at /opt/base/stapio), or C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    Ours,
+    Base,
+    Theirs,
+}
+
+const OUR_STAPIO: &str = "/usr/libexec/staprun/stapio";
+const BASE_STAPIO: &str = "/opt/base/stapio";
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Ours => "ours",
+            Tool::Base => "base",
+            Tool::Theirs => "theirs",
+        }
+    }
+
+    /// Makes /usr/bin/staprun (and for ours, its stapio) this tool's.
+    fn activate(self) -> Result<(), String> {
+        let base_mounted = compat::same_file(OUR_STAPIO, BASE_STAPIO);
+        if base_mounted && self != Tool::Base {
+            sys::umount(OUR_STAPIO).map_err(|e| format!("umount {OUR_STAPIO}: {e}"))?;
+        }
+        if self == Tool::Base && !base_mounted {
+            sys::mount(BASE_STAPIO, OUR_STAPIO, "", libc::MS_BIND, "")
+                .map_err(|e| format!("bind mount {BASE_STAPIO} on {OUR_STAPIO}: {e}"))?;
+        }
+        compat::activate(if self == Tool::Theirs {
+            Impl::Theirs
+        } else {
+            Impl::Ours
+        })
+    }
+}
 use crate::scenarios::{FIXTURES, Scenario, blessed_dir, install_fixture};
 use crate::sys;
 use crate::util::{ALICE, Reporter, command_as};
@@ -215,7 +254,7 @@ fn thread_cpu(stderr: &str) -> Option<(f64, f64)> {
     ))
 }
 
-fn run_one(tool: Impl, mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResult {
+fn run_one(tool: Tool, mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64) -> RunResult {
     let mut res = RunResult {
         prints_expected: prints * ncpus() as u64,
         ..RunResult::default()
@@ -230,7 +269,7 @@ fn run_one(tool: Impl, mode: Mode, sink: Sink, size: u64, prints: u64, rate: u64
         Sink::Null => "/dev/null".to_owned(),
     };
     let mut argv = vec![STAPRUN.to_owned()];
-    if tool == Impl::Ours {
+    if tool != Tool::Theirs {
         argv.push("-vv".into());
     }
     argv.extend([
@@ -455,7 +494,7 @@ fn startup_once() -> Result<Startup, String> {
         first
     });
     let pid = child.id();
-    // Phases seen from outside, polled every 0.5 ms.
+    // Phases seen from outside, polled every 2 ms (first byte and exit are exact).
     let watcher = std::thread::spawn(move || {
         let (mut loaded, mut started, mut unloaded) = (None, None, None);
         while unloaded.is_none() && t0.elapsed() < Duration::from_secs(30) {
@@ -472,7 +511,7 @@ fn startup_once() -> Result<Startup, String> {
             if !present && !crate::compat::alive(pid) {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(Duration::from_millis(2));
         }
         (loaded, started, unloaded)
     });
@@ -550,12 +589,13 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
-fn tools() -> Vec<Impl> {
+fn tools() -> Vec<Tool> {
     list("bench.tools", "ours,theirs")
         .iter()
         .filter_map(|t| match t.as_str() {
-            "ours" => Some(Impl::Ours),
-            "theirs" | "c" => Some(Impl::Theirs),
+            "ours" => Some(Tool::Ours),
+            "base" if Path::new(BASE_STAPIO).exists() => Some(Tool::Base),
+            "theirs" | "c" => Some(Tool::Theirs),
             _ => None,
         })
         .collect()
@@ -593,7 +633,7 @@ fn bench(r: &mut Reporter) {
     let tools = tools();
     if !r.check(
         "bench_image",
-        Path::new("/opt/c/usr/bin/staprun").exists() || !tools.contains(&Impl::Theirs),
+        Path::new("/opt/c/usr/bin/staprun").exists() || !tools.contains(&Tool::Theirs),
         "the C staprun is missing: boot the compat image (cargo xtask bench does)",
     ) {
         return;
@@ -617,7 +657,7 @@ fn bench(r: &mut Reporter) {
     let mut runs: BTreeMap<&str, Vec<Startup>> = BTreeMap::new();
     for _ in 0..startup_runs {
         for &t in &tools {
-            if let Err(e) = compat::activate(t) {
+            if let Err(e) = t.activate() {
                 r.check("activate", false, e);
                 return;
             }
@@ -681,7 +721,7 @@ fn bench(r: &mut Reporter) {
                         continue;
                     };
                     for &t in &tools {
-                        if let Err(e) = compat::activate(t) {
+                        if let Err(e) = t.activate() {
                             r.check("activate", false, e);
                             return;
                         }
@@ -723,6 +763,6 @@ fn bench(r: &mut Reporter) {
             }
         }
     }
-    let _ = compat::activate(Impl::Ours);
+    let _ = Tool::Ours.activate();
     let _ = fs::remove_file(&dest);
 }

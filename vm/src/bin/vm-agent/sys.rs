@@ -164,3 +164,10 @@ pub fn poll(pfd: &mut libc::pollfd, timeout_ms: i32) -> i32 {
     // SAFETY: `pfd` is one valid pollfd for the duration of the call.
     unsafe { libc::poll(pfd, 1, timeout_ms) }.max(0)
 }
+
+/// umount(2).
+pub fn umount(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: `t` is a valid C string for the duration of the call.
+    check(unsafe { libc::umount(t.as_ptr()) })
+}
