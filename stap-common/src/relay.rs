@@ -173,6 +173,24 @@ impl Parser {
         Ok(n)
     }
 
+    /// Free bytes after the data read so far.
+    pub fn room(&self) -> usize {
+        self.buf.len() - self.end
+    }
+
+    /// Read into the free room after the data, moving nothing: the spans
+    /// already returned stay valid (unlike [`Parser::fill`], which may move
+    /// the pending bytes to the front). `read` gets [`Parser::room`] bytes.
+    pub fn fill_tail<E>(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let room = &mut self.buf[self.end..];
+        let n = read(room)?.min(room.len());
+        self.end += n;
+        Ok(n)
+    }
+
     /// Bytes held back waiting for the rest of a record.
     pub fn pending(&self) -> usize {
         self.end - self.pos

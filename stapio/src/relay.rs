@@ -24,6 +24,8 @@ use crate::signals::{self, Signals};
 
 /// Bytes asked of the relay file per read.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// Serial mode: read on into the same buffer while this much is free.
+const MIN_TAIL: usize = 64 * 1024;
 /// Chunks of records in flight between the readers and the merger.
 const CHANNEL_DEPTH: usize = 64;
 
@@ -363,63 +365,68 @@ fn reader_thread(
         if let Sink::Bulk(out) = &mut sink {
             out.check_rotation(signals.rotations())?;
         }
-        let n = match parser.fill(|room| {
+        // Serial mode keeps reading into the same buffer while the module
+        // has more and there is room, and hands the records over when it
+        // runs dry (or the room runs low): fewer, larger chunks for the
+        // merger (each hand-over wakes another thread).
+        let accumulating = matches!(sink, Sink::Merge { .. }) && !spans.is_empty();
+        let read = |room: &mut [u8]| {
             let ask = room.len().min(READ_CHUNK);
             relay.read(&mut room[..ask])
-        }) {
+        };
+        let got = if accumulating {
+            parser.fill_tail(read)
+        } else {
+            parser.fill(read)
+        };
+        let n = match got {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(Error::RelayRead { cpu, source }),
         };
-        if n == 0 {
-            if let Sink::Bulk(out) = &mut sink {
-                out.flush()?;
+        if n > 0 {
+            if let Sink::Bulk(_) = sink {
+                spans.clear();
             }
-            // Detaching, or the module has said EXIT (after flushing its
-            // buffers): an empty read means there is nothing left.
-            if state == DETACH || state == DRAIN {
-                break;
+            while let Some(s) = parser.next_span() {
+                end.records += 1;
+                end.bytes += s.len() as u64;
+                spans.push(s);
             }
-            match waiter.wait(relay.as_mut()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(Error::RelayRead { cpu, source }),
-            }
-            continue;
-        }
-        spans.clear();
-        while let Some(s) = parser.next_span() {
-            end.records += 1;
-            end.bytes += s.len() as u64;
-            spans.push(s);
-        }
-        if spans.is_empty() {
-            continue;
-        }
-        match &mut sink {
-            Sink::Bulk(out) => write_runs(out, parser.buffer(), &spans)?,
-            Sink::Merge {
-                tx,
-                source,
-                back,
-                spare,
-            } => {
-                // Hand the buffer over; read on into a returned one.
-                let (fresh, fresh_spans) = take_spare(spare);
-                let buf = parser.swap_buffer(fresh);
-                let chunk = Chunk {
-                    source: *source,
-                    buf,
-                    spans: std::mem::replace(&mut spans, fresh_spans),
-                    back: back.clone(),
-                };
-                if tx.send(chunk).is_err() {
-                    // The merger stopped (it reports why).
-                    break;
+            match &mut sink {
+                Sink::Bulk(out) => {
+                    write_runs(out, parser.buffer(), &spans)?;
+                    continue;
                 }
+                Sink::Merge { .. } if parser.room() >= MIN_TAIL => continue,
+                Sink::Merge { .. } => {}
             }
         }
+        if !hand_over(&mut sink, &mut parser, &mut spans) {
+            // The merger stopped (it reports why).
+            break;
+        }
+        if n > 0 {
+            continue;
+        }
+        if let Sink::Bulk(out) = &mut sink {
+            out.flush()?;
+        }
+        // Detaching, or the module has said EXIT (after flushing its
+        // buffers): an empty read means there is nothing left.
+        if state == DETACH || state == DRAIN {
+            break;
+        }
+        match waiter.wait(relay.as_mut()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(Error::RelayRead { cpu, source }),
+        }
+    }
+    // Records read but not handed over yet (the loop ended on a cap).
+    if stop.load(Ordering::SeqCst) != KILL {
+        hand_over(&mut sink, &mut parser, &mut spans);
     }
     parser.finish();
     end.lost_bytes = parser.stats.resync_bytes;
@@ -428,6 +435,33 @@ fn reader_thread(
         out.finish()?;
     }
     Ok(end)
+}
+
+/// Serial mode: give the records parsed so far (and the buffer they lie
+/// in) to the merger, and go on in a buffer it returned. False if the
+/// merger has stopped.
+fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>) -> bool {
+    let Sink::Merge {
+        tx,
+        source,
+        back,
+        spare,
+    } = sink
+    else {
+        return true;
+    };
+    if spans.is_empty() {
+        return true;
+    }
+    let (fresh, fresh_spans) = take_spare(spare);
+    let buf = parser.swap_buffer(fresh);
+    let chunk = Chunk {
+        source: *source,
+        buf,
+        spans: std::mem::replace(spans, fresh_spans),
+        back: back.clone(),
+    };
+    tx.send(chunk).is_ok()
 }
 
 /// How a reader waits for data: up to `-T`, or until the pump wakes it
