@@ -46,6 +46,10 @@ pub struct Options {
     /// delivered at max, for 4 s).
     #[arg(long, default_value = "max,r50,r90")]
     pub loads: String,
+    /// Runs per max-load row and implementation (the run with the median MB/s is reported,
+    /// with the range).
+    #[arg(long, default_value_t = 3)]
+    pub reps: u32,
     /// Start-up runs per implementation (the median is reported).
     #[arg(long, default_value_t = 7)]
     pub startup: u32,
@@ -111,6 +115,9 @@ struct Run {
     size: u64,
     load: String,
     mbps: f64,
+    /// Range over the repetitions of the row.
+    mbps_min: f64,
+    mbps_max: f64,
     lost: u64,
     expected: u64,
     cpu_s: f64,
@@ -177,6 +184,8 @@ fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
                 size: u("size"),
                 load: s("load"),
                 mbps: f("mbps"),
+                mbps_min: f("mbps_min"),
+                mbps_max: f("mbps_max"),
                 lost: u("lost"),
                 expected: u("expected"),
                 cpu_s: f("cpu_s"),
@@ -194,6 +203,15 @@ fn ratio(a: f64, b: f64) -> String {
         format!("{:.2}", a / b)
     } else {
         "-".into()
+    }
+}
+
+/// MB/s, with the range over repetitions when there were several.
+fn mbps_cell(r: &Run) -> String {
+    if r.mbps_max > r.mbps_min {
+        format!("{:.1} ({:.0}-{:.0})", r.mbps, r.mbps_min, r.mbps_max)
+    } else {
+        format!("{:.1}", r.mbps)
     }
 }
 
@@ -237,7 +255,13 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
         let none = [f64::NAN; 5];
         let ours = g.startup.get("ours").unwrap_or(&none);
         let c = g.startup.get("theirs").unwrap_or(&none);
-        let _ = writeln!(o, "| phase | ours | C | ours/C |\n|---|---:|---:|---:|");
+        let base = g.startup.get("base");
+        let _ = writeln!(
+            o,
+            "| phase | ours | C | ours/C |{}\n|---|---:|---:|---:|{}",
+            if base.is_some() { " base |" } else { "" },
+            if base.is_some() { "---:|" } else { "" }
+        );
         for (i, phase) in [
             "module loaded",
             "begin probes done (STP_START answered)",
@@ -250,10 +274,11 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
         {
             let _ = writeln!(
                 o,
-                "| {phase} | {:.0} | {:.0} | {} |",
+                "| {phase} | {:.0} | {:.0} | {} |{}",
                 ours[i],
                 c[i],
-                ratio(ours[i], c[i])
+                ratio(ours[i], c[i]),
+                base.map_or(String::new(), |b| format!(" {:.0} |", b[i]))
             );
         }
         o.push('\n');
@@ -321,15 +346,15 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
                 Some(p) => format!("{p}% of best max"),
                 None => k.3.clone(),
             },
-            num(ours, &|r| format!("{:.1}", r.mbps)),
-            num(c, &|r| format!("{:.1}", r.mbps)),
+            num(ours, &mbps_cell),
+            num(c, &mbps_cell),
             match (ours, c) {
                 (Some(a), Some(b)) => ratio(a.mbps, b.mbps),
                 _ => "-".into(),
             },
         ];
         if has_base {
-            cells.push(num(base, &|r| format!("{:.1}", r.mbps)));
+            cells.push(num(base, &mbps_cell));
             cells.push(match (ours, base) {
                 (Some(a), Some(b)) => ratio(a.mbps, b.mbps),
                 _ => "-".into(),
@@ -381,6 +406,7 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             }
         }
         if k.0 == "serial"
+            && k.3 == "max"
             && let (Some(s), Some(b)) = (
                 ours,
                 find("ours", &("bulk".into(), k.1.clone(), k.2, k.3.clone())),
@@ -426,7 +452,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     );
     let _ = writeln!(
         text,
-        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --startup {}{}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
+        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --reps {} --startup {}{}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
         opts.cpus
             .iter()
             .map(u32::to_string)
@@ -438,6 +464,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         opts.modes,
         opts.outs,
         opts.loads,
+        opts.reps,
         opts.startup,
         opts.baseline
             .as_ref()
@@ -460,6 +487,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             format!("bench.outs={}", opts.outs),
             format!("bench.loads={}", opts.loads),
             format!("bench.startup={}", opts.startup),
+            format!("bench.reps={}", opts.reps),
         ]);
         eprintln!("xtask: bench guest with {cpus} vCPUs ({})", art.accel);
         let run = vm::boot(&art, &spec)?;

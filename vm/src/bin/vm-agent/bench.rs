@@ -11,7 +11,8 @@
 //! Kernel command line (all optional): `bench.mib=N` MiB of payload per CPU
 //! per run (default 64), `bench.sizes=64,1024,16384`, `bench.tools=ours,theirs`,
 //! `bench.startup=N` start-up runs per tool (default 7), `bench.outs=tmpfs,null`,
-//! `bench.modes=serial,bulk`, `bench.loads=max,r50,r90` (rNN: NN% of the best
+//! `bench.modes=serial,bulk`, `bench.reps=3` (runs per max row; the median
+//! stands), `bench.loads=max,r50,r90` (rNN: NN% of the best
 //! throughput either implementation delivered at max, for 4 s).
 
 use std::collections::BTreeMap;
@@ -630,6 +631,10 @@ fn bench(r: &mut Reporter) {
         })
         .collect();
     let loads = list("bench.loads", "max,r50,r90");
+    let reps: usize = param("bench.reps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let tools = tools();
     if !r.check(
         "bench_image",
@@ -720,25 +725,36 @@ fn bench(r: &mut Reporter) {
                     } else {
                         continue;
                     };
-                    for &t in &tools {
-                        if let Err(e) = t.activate() {
-                            r.check("activate", false, e);
-                            return;
+                    // Repeated (tools interleaved); the run with the median
+                    // MB/s stands for the row, with the spread.
+                    let reps = if rate == 0 { reps } else { 1 };
+                    let mut all: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
+                    for _ in 0..reps {
+                        for &t in &tools {
+                            if let Err(e) = t.activate() {
+                                r.check("activate", false, e);
+                                return;
+                            }
+                            let res = run_one(t, mode, sink, size, n, rate);
+                            let ok = res.exit == Some(0) && res.payload > 0;
+                            r.check(
+                                &format!("run_{}_{mode:?}_{sink:?}_{size}_{load}", t.name()),
+                                ok,
+                                format!("exit {:?} stderr {:?}", res.exit, res.stderr),
+                            );
+                            all.entry(t.name()).or_default().push(res);
                         }
-                        let res = run_one(t, mode, sink, size, n, rate);
-                        let (rcpu, mcpu) = thread_cpu(&res.stderr).unwrap_or((f64::NAN, f64::NAN));
-                        let ok = res.exit == Some(0) && res.payload > 0;
-                        r.check(
-                            &format!("run_{}_{mode:?}_{sink:?}_{size}_{load}", t.name()),
-                            ok,
-                            format!("exit {:?} stderr {:?}", res.exit, res.stderr),
-                        );
+                    }
+                    for (tool, mut v) in all {
+                        v.sort_by(|a, b| a.mbps().total_cmp(&b.mbps()));
+                        let (lo, hi) = (v[0].mbps(), v[v.len() - 1].mbps());
+                        let res = v.swap_remove(v.len() / 2);
                         if load == "max" {
-                            max_mbps.insert(t.name(), res.mbps());
+                            max_mbps.insert(tool, res.mbps());
                         }
+                        let (rcpu, mcpu) = thread_cpu(&res.stderr).unwrap_or((f64::NAN, f64::NAN));
                         r.line(&format!(
-                            "BENCH run tool={} mode={} out={} size={size} load={load} rate={rate} secs={:.3} mbps={:.2} payload={} expected={} lost={} dropped={} unread={} cpu_s={:.3} reader_cpu_s={rcpu:.3} merger_cpu_s={mcpu:.3} rss_kib={} exit={}",
-                            t.name(),
+                            "BENCH run tool={tool} mode={} out={} size={size} load={load} rate={rate} reps={reps} secs={:.3} mbps={:.2} mbps_min={lo:.2} mbps_max={hi:.2} payload={} expected={} lost={} dropped={} unread={} cpu_s={:.3} reader_cpu_s={rcpu:.3} merger_cpu_s={mcpu:.3} rss_kib={} exit={}",
                             match mode {
                                 Mode::Serial => "serial",
                                 Mode::Bulk => "bulk",
