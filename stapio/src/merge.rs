@@ -63,6 +63,9 @@ enum From {
 
 pub struct ChunkMerge<C: ChunkData> {
     sources: Vec<Source<C>>,
+    /// The head of each source's queue: (sequence, arrival), kept current
+    /// as records are queued and taken.
+    heads: Vec<Option<(u64, u64)>>,
     stray: BinaryHeap<Reverse<Stray>>,
     next_id: u64,
     expected: Option<u64>,
@@ -83,6 +86,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                     last: None,
                 })
                 .collect(),
+            heads: vec![None; sources.max(1)],
             stray: BinaryHeap::new(),
             next_id: 0,
             expected: from_start.then_some(1),
@@ -151,6 +155,9 @@ impl<C: ChunkData> ChunkMerge<C> {
                 id,
                 pos: 0,
             });
+            if self.heads[src].is_none() {
+                self.heads[src] = self.head(src);
+            }
         } else {
             self.spare_seqs.push(seqs);
         }
@@ -176,10 +183,10 @@ impl<C: ChunkData> ChunkMerge<C> {
     }
 
     /// The least (sequence, arrival) held, and where it is.
-    fn min(&mut self) -> Option<(u64, u64, From)> {
+    fn min(&self) -> Option<(u64, u64, From)> {
         let mut best: Option<(u64, u64, From)> = None;
-        for src in 0..self.sources.len() {
-            if let Some((seq, id)) = self.head(src)
+        for (src, h) in self.heads.iter().enumerate() {
+            if let Some((seq, id)) = *h
                 && best.is_none_or(|(bs, bi, _)| (seq, id) < (bs, bi))
             {
                 best = Some((seq, id, From::Source(src)));
@@ -212,9 +219,12 @@ impl<C: ChunkData> ChunkMerge<C> {
                 };
                 let span = q.chunk.spans()[q.pos];
                 q.pos += 1;
-                if let Some(f) = emit {
-                    f(&q.chunk.buf()[span.payload()])?;
-                }
+                let r = match emit {
+                    Some(f) => f(&q.chunk.buf()[span.payload()]),
+                    None => Ok(()),
+                };
+                self.heads[src] = self.head(src);
+                r?;
             }
         }
         Ok(())
@@ -266,12 +276,13 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// held elsewhere, release them without looking at the other sources
     /// for each (one CPU, or a CPU printing a burst).
     fn run_from<E>(&mut self, src: usize, emit: &mut Emit<'_, E>) -> Result<(), E> {
-        if self.head(src).map(|h| h.0) != self.expected {
+        if self.heads[src].map(|h| h.0) != self.expected {
             return Ok(());
         }
         let mut bound: Option<(u64, u64)> = None;
-        for other in (0..self.sources.len()).filter(|o| *o != src) {
-            if let Some(h) = self.head(other)
+        for (other, h) in self.heads.iter().enumerate() {
+            if other != src
+                && let Some(h) = *h
                 && bound.is_none_or(|b| h < b)
             {
                 bound = Some(h);
@@ -282,7 +293,7 @@ impl<C: ChunkData> ChunkMerge<C> {
         {
             bound = Some((s.seq, s.id));
         }
-        while let Some((seq, id)) = self.head(src) {
+        while let Some((seq, id)) = self.heads[src] {
             if Some(seq) != self.expected || bound.is_some_and(|b| (seq, id) >= b) {
                 break;
             }

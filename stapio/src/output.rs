@@ -208,6 +208,12 @@ impl Output {
         self.naming.size_limit()
     }
 
+    /// Whether files switch at a size (`-S`): then every record must be
+    /// written on its own, so that a switch falls between records.
+    pub fn size_limited(&self) -> bool {
+        self.limit().is_some()
+    }
+
     /// Write bytes, counted in the current file. A large piece goes
     /// straight to the file (after what is buffered) instead of through
     /// the buffer.

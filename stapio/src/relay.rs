@@ -541,43 +541,89 @@ impl ChunkData for Held {
     }
 }
 
+/// How the merger writes what it releases: without -S, payloads are
+/// gathered and written a batch at a time; with it, record by record (a
+/// file switch falls between records).
+struct Release {
+    per_record: bool,
+    staged: Vec<u8>,
+}
+
+impl Release {
+    fn run(
+        &mut self,
+        merger: &mut ChunkMerge<Held>,
+        out: &mut Output,
+        end: bool,
+    ) -> Result<(), Error> {
+        if self.per_record {
+            let mut emit = |b: &[u8]| out.write_record(&[b]);
+            return if end {
+                merger.finish(&mut emit)
+            } else {
+                merger.ready(Instant::now(), &mut emit)
+            };
+        }
+        let staged = &mut self.staged;
+        let mut emit = |b: &[u8]| -> Result<(), Error> {
+            staged.extend_from_slice(b);
+            Ok(())
+        };
+        if end {
+            merger.finish(&mut emit)?;
+        } else {
+            merger.ready(Instant::now(), &mut emit)?;
+        }
+        if !self.staged.is_empty() {
+            out.write_record(&[&self.staged])?;
+            self.staged.clear();
+        }
+        Ok(())
+    }
+}
+
 fn merge_thread(
     rx: Receiver<Chunk>,
     mut merger: ChunkMerge<Held>,
     mut out: Output,
     signals: &Signals,
 ) -> Result<MergerEnd, Error> {
-    let take = |merger: &mut ChunkMerge<Held>, c: Chunk, out: &mut Output| {
-        merger.push(
-            c.source,
-            Held {
-                buf: c.buf,
-                spans: c.spans,
-                back: c.back,
-            },
-        );
-        out.check_rotation(signals.rotations())?;
-        // Release as chunks come: their buffers go back to the readers.
-        merger.ready(Instant::now(), &mut |b: &[u8]| out.write_record(&[b]))
+    let mut release = Release {
+        per_record: out.size_limited(),
+        staged: Vec::new(),
     };
+    let take =
+        |merger: &mut ChunkMerge<Held>, release: &mut Release, c: Chunk, out: &mut Output| {
+            merger.push(
+                c.source,
+                Held {
+                    buf: c.buf,
+                    spans: c.spans,
+                    back: c.back,
+                },
+            );
+            out.check_rotation(signals.rotations())?;
+            // Release as chunks come: their buffers go back to the readers.
+            release.run(merger, out, false)
+        };
     loop {
         match rx.recv_timeout(MERGE_TICK) {
             Ok(chunk) => {
-                take(&mut merger, chunk, &mut out)?;
+                take(&mut merger, &mut release, chunk, &mut out)?;
                 // Take everything already queued before flushing.
                 while let Ok(chunk) = rx.try_recv() {
-                    take(&mut merger, chunk, &mut out)?;
+                    take(&mut merger, &mut release, chunk, &mut out)?;
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         out.check_rotation(signals.rotations())?;
-        merger.ready(Instant::now(), &mut |b: &[u8]| out.write_record(&[b]))?;
+        release.run(&mut merger, &mut out, false)?;
         // Nothing more queued: show what we have (interactive use).
         out.flush()?;
     }
-    merger.finish(&mut |b: &[u8]| out.write_record(&[b]))?;
+    release.run(&mut merger, &mut out, true)?;
     out.finish()?;
     let cpu = sys::thread_cpu_time().unwrap_or_default();
     Ok((merger.stats.lost, merger.stats.late, cpu))
