@@ -26,11 +26,8 @@ use crate::signals::{self, Signals};
 pub const READ_CHUNK: usize = 256 * 1024;
 /// Serial mode: read on into the same buffer while this much is free.
 const MIN_TAIL: usize = 64 * 1024;
-/// Chunks in flight between the readers and the merger, per reader. Few:
-/// a merger that falls behind should leave the backlog in the module's
-/// relay buffers (which exist for that), not in ours; and the buffers then
-/// circulate instead of being allocated afresh.
-const CHANNEL_DEPTH_PER_READER: usize = 2;
+/// Chunks of records in flight between the readers and the merger.
+const CHANNEL_DEPTH: usize = 64;
 
 /// How often the merger looks at gap timeouts and SIGUSR2 when idle.
 const MERGE_TICK: Duration = Duration::from_millis(50);
@@ -181,7 +178,7 @@ impl Pump {
             }
         } else {
             let out = Output::open(cfg.naming.clone(), Stream::Serial, stdout, rotations)?;
-            let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH_PER_READER * relays.len());
+            let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH);
             for source in 0..relays.len() {
                 let (back, spare) = mpsc::channel();
                 sinks.push(Sink::Merge {
