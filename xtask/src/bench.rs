@@ -143,6 +143,10 @@ struct GuestResults {
     fixed_cpu_ms: BTreeMap<String, f64>,
     ceiling: BTreeMap<u64, f64>,
     runs: Vec<Run>,
+    /// What splice(2) from a relay file gave.
+    splice: String,
+    /// ms: all of /proc/kallsyms, up to the four symbols, module sections.
+    setup: Option<(f64, f64, f64)>,
 }
 
 fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
@@ -161,6 +165,10 @@ fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
         let s = |k: &str| m.get(k).copied().unwrap_or("").to_owned();
         match kind {
             "membw" => g.membw = f("gbps"),
+            "splice" => g.splice = s("result"),
+            "setup" => {
+                g.setup = Some((f("kallsyms_ms"), f("kallsyms_upto_ms"), f("sections_ms")));
+            }
             "startup" => {
                 g.fixed_cpu_ms.insert(s("tool"), f("cpu_ms"));
                 g.startup.insert(
@@ -247,6 +255,24 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some((all, upto, secs)) = g.setup {
+        let _ = writeln!(
+            o,
+            "staprun's setup messages in this guest: reading all of /proc/kallsyms {all:.0} ms, up to the four kernel symbols it relocates {upto:.0} ms, every /sys/module/*/sections/* {secs:.0} ms.\n"
+        );
+    }
+    if !g.splice.is_empty() {
+        let _ = writeln!(
+            o,
+            "splice(2) from a relay file (trace0 of pmod, procfs): {}.\n",
+            match g.splice.as_str() {
+                "errno:22" =>
+                    "EINVAL (the file has no splice support: bulk mode must read and write)"
+                        .to_owned(),
+                other => other.to_owned(),
+            }
+        );
+    }
     if !g.startup.is_empty() {
         let _ = writeln!(
             o,

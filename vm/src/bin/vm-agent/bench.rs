@@ -446,6 +446,23 @@ fn ceiling(size: u64, prints: u64) -> Result<(f64, u64), String> {
     Ok((secs, payload))
 }
 
+/// Whether splice(2) can move data out of a relay file (it would spare
+/// bulk mode a copy): the answer for pmod's procfs trace0.
+fn splice_probe() -> String {
+    let path = format!("{FIXTURES}/pmod.ko");
+    if let Err(e) = sys::finit_module(&path, "autostart=1 records=100 record_size=64") {
+        return format!("load_failed:{e}");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let r = fs::File::open("/proc/systemtap/pmod/trace0")
+        .and_then(|f| sys::splice_to_pipe(std::os::fd::AsFd::as_fd(&f), 4096));
+    let _ = sys::delete_module("pmod");
+    match r {
+        Ok(n) => format!("ok:{n}"),
+        Err(e) => format!("errno:{}", e.raw_os_error().unwrap_or(0)),
+    }
+}
+
 /// Memory bandwidth: GB/s of copying a 64 MiB buffer (read + write counted once).
 fn memory_bandwidth() -> f64 {
     let n = 64 << 20;
@@ -653,6 +670,7 @@ fn bench(r: &mut Reporter) {
     }
     r.line(&format!("BENCH env cpus={cpus} mib_per_cpu={mib}"));
     r.line(&format!("BENCH membw gbps={:.3}", memory_bandwidth()));
+    r.line(&format!("BENCH splice result={}", splice_probe()));
     let (full, upto, secs, lines) = setup_costs();
     r.line(&format!(
         "BENCH setup kallsyms_ms={full:.1} kallsyms_lines={lines} kallsyms_upto_ms={upto:.1} sections_ms={secs:.1}"

@@ -171,3 +171,34 @@ pub fn umount(target: &str) -> io::Result<()> {
     // SAFETY: `t` is a valid C string for the duration of the call.
     check(unsafe { libc::umount(t.as_ptr()) })
 }
+
+/// splice(2) of up to `len` bytes from `fd` into a fresh pipe (non-blocking);
+/// the bytes moved.
+pub fn splice_to_pipe(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut p = [0 as libc::c_int; 2];
+    // SAFETY: `p` has room for the two descriptors pipe2 returns.
+    check(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: plain descriptors and null offsets (the files' own positions).
+    let n = unsafe {
+        libc::splice(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            p[1],
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    let r = if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    };
+    // SAFETY: the two pipe descriptors are ours and closed once.
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+    }
+    r
+}
