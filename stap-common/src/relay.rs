@@ -339,6 +339,25 @@ impl<T> Ord for Held<T> {
     }
 }
 
+/// The module's sequence numbers are 32 bits and wrap after 2^32 records:
+/// place `seq` in the 64-bit number line nearest to `reference` (where the
+/// stream is now: the next sequence expected, or the last seen), so that
+/// ordering survives the wrap.
+pub fn unwrap_sequence(reference: Option<u64>, seq: u32) -> u64 {
+    const SPAN: u64 = 1 << 32;
+    let Some(r) = reference else {
+        return u64::from(seq);
+    };
+    let c = (r & !(SPAN - 1)) | u64::from(seq);
+    if c + SPAN / 2 < r {
+        c + SPAN
+    } else if c > r + SPAN / 2 && c >= SPAN {
+        c - SPAN
+    } else {
+        c
+    }
+}
+
 /// Serial-mode merge: releases records in order of (sequence, arrival),
 /// waits `gap_timeout` for a missing sequence, then skips the gap.
 ///
@@ -400,22 +419,8 @@ impl<T> Merger<T> {
         }
     }
 
-    /// The module's sequence numbers are 32 bits and wrap after 2^32
-    /// records: place `seq` in the 64-bit number line nearest to where the
-    /// stream is now, so ordering survives the wrap.
     fn unwrap(&self, seq: u32) -> u64 {
-        const SPAN: u64 = 1 << 32;
-        let Some(r) = self.expected.or(self.last_seen) else {
-            return u64::from(seq);
-        };
-        let c = (r & !(SPAN - 1)) | u64::from(seq);
-        if c + SPAN / 2 < r {
-            c + SPAN
-        } else if c > r + SPAN / 2 && c >= SPAN {
-            c - SPAN
-        } else {
-            c
-        }
+        unwrap_sequence(self.expected.or(self.last_seen), seq)
     }
 
     /// Hold `item`, record `sequence` of `source` (sources past the

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use stap_common::relay::{MergeStats, Span};
+use stap_common::relay::{MergeStats, Span, unwrap_sequence};
 
 /// Where released payloads go.
 pub type Emit<'a, E> = dyn FnMut(&[u8]) -> Result<(), E> + 'a;
@@ -98,21 +98,8 @@ impl<C: ChunkData> ChunkMerge<C> {
         }
     }
 
-    /// As [`stap_common::relay::Merger`]: the 64-bit place of a 32-bit
-    /// sequence number nearest to where the stream is now.
     fn unwrap(&self, seq: u32) -> u64 {
-        const SPAN: u64 = 1 << 32;
-        let Some(r) = self.expected.or(self.last_seen) else {
-            return u64::from(seq);
-        };
-        let c = (r & !(SPAN - 1)) | u64::from(seq);
-        if c + SPAN / 2 < r {
-            c + SPAN
-        } else if c > r + SPAN / 2 && c >= SPAN {
-            c - SPAN
-        } else {
-            c
-        }
+        unwrap_sequence(self.expected.or(self.last_seen), seq)
     }
 
     /// Queue a chunk of `source` (sources past the number given to
