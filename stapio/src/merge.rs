@@ -15,12 +15,31 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use stap_common::relay::{MergeStats, Span, unwrap_sequence};
 
+/// A released payload: in a reader's chunk (which the receiver may keep
+/// alive by cloning the `Rc` to write it later without copying), or in a
+/// copy the merge made of a stray record.
+pub enum Piece<'a, C> {
+    Chunk(&'a Rc<C>, Range<usize>),
+    Copied(&'a [u8]),
+}
+
+impl<C: ChunkData> Piece<'_, C> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Piece::Chunk(c, r) => &c.buf()[r.clone()],
+            Piece::Copied(b) => b,
+        }
+    }
+}
+
 /// Where released payloads go.
-pub type Emit<'a, E> = dyn FnMut(&[u8]) -> Result<(), E> + 'a;
+pub type Emit<'a, C, E> = dyn FnMut(Piece<'_, C>) -> Result<(), E> + 'a;
 
 /// A skipped entry (late at arrival, or moved to the stray heap).
 const SKIP: u64 = u64::MAX;
@@ -33,7 +52,7 @@ pub trait ChunkData {
 }
 
 struct Queued<C> {
-    chunk: C,
+    chunk: Rc<C>,
     /// Unwrapped sequence per span, `SKIP` for spans not merged from here.
     seqs: Vec<u64>,
     /// Arrival id of span 0 (span i arrived as `id + i`).
@@ -137,7 +156,7 @@ impl<C: ChunkData> ChunkMerge<C> {
         self.next_id += n as u64;
         if queued_any {
             self.sources[src].queue.push_back(Queued {
-                chunk,
+                chunk: Rc::new(chunk),
                 seqs,
                 id,
                 pos: 0,
@@ -189,14 +208,14 @@ impl<C: ChunkData> ChunkMerge<C> {
 
     /// Give the record at `from` (the current minimum) to `emit` (or
     /// drop it), and move past it.
-    fn take<E>(&mut self, from: From, emit: Option<&mut Emit<'_, E>>) -> Result<(), E> {
+    fn take<E>(&mut self, from: From, emit: Option<&mut Emit<'_, C, E>>) -> Result<(), E> {
         match from {
             From::Stray => {
                 let Some(Reverse(s)) = self.stray.pop() else {
                     return Ok(());
                 };
                 if let Some(f) = emit {
-                    f(&s.payload)?;
+                    f(Piece::Copied(&s.payload))?;
                 }
             }
             From::Source(src) => {
@@ -207,7 +226,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 let span = q.chunk.spans()[q.pos];
                 q.pos += 1;
                 let r = match emit {
-                    Some(f) => f(&q.chunk.buf()[span.payload()]),
+                    Some(f) => f(Piece::Chunk(&q.chunk, span.payload())),
                     None => Ok(()),
                 };
                 self.heads[src] = self.head(src);
@@ -219,7 +238,7 @@ impl<C: ChunkData> ChunkMerge<C> {
 
     /// Release what is in order now to `emit`; after `gap_timeout` without
     /// the missing sequence, skip to the lowest one held.
-    pub fn ready<E>(&mut self, now: Instant, emit: &mut Emit<'_, E>) -> Result<(), E> {
+    pub fn ready<E>(&mut self, now: Instant, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
         loop {
             let Some((min, _, from)) = self.min() else {
                 self.gap_since = None;
@@ -262,7 +281,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// `src` are the next sequence numbers and come before everything
     /// held elsewhere, release them without looking at the other sources
     /// for each (one CPU, or a CPU printing a burst).
-    fn run_from<E>(&mut self, src: usize, emit: &mut Emit<'_, E>) -> Result<(), E> {
+    fn run_from<E>(&mut self, src: usize, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
         if self.heads[src].map(|h| h.0) != self.expected {
             return Ok(());
         }
@@ -292,7 +311,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     }
 
     /// At the end: everything held, in order, gaps counted as lost.
-    pub fn finish<E>(&mut self, emit: &mut Emit<'_, E>) -> Result<(), E> {
+    pub fn finish<E>(&mut self, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
         while let Some((seq, _, from)) = self.min() {
             match self.expected {
                 Some(e) if seq < e => {
@@ -448,8 +467,8 @@ mod tests {
                     let mut v = Vec::new();
                     reference.ready(now, &mut v);
                     want.extend(v);
-                    ours.ready(now, &mut |b: &[u8]| -> Result<(), ()> {
-                        got.push(b.to_vec());
+                    ours.ready(now, &mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
+                        got.push(p.bytes().to_vec());
                         Ok(())
                     })
                     .unwrap();
@@ -460,8 +479,8 @@ mod tests {
             let mut v = Vec::new();
             reference.finish(&mut v);
             want.extend(v);
-            ours.finish(&mut |b: &[u8]| -> Result<(), ()> {
-                got.push(b.to_vec());
+            ours.finish(&mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
+                got.push(p.bytes().to_vec());
                 Ok(())
             })
             .unwrap();
@@ -478,8 +497,8 @@ mod tests {
         m.push(1, chunk(&[2, 4, 6, 9]));
         let mut got = Vec::new();
         let t0 = Instant::now();
-        m.ready(t0, &mut |b: &[u8]| -> Result<(), ()> {
-            got.push(b.to_vec());
+        m.ready(t0, &mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
+            got.push(p.bytes().to_vec());
             Ok(())
         })
         .unwrap();
@@ -487,8 +506,8 @@ mod tests {
         // 7 is missing: nothing more until the gap timeout.
         m.ready(
             t0 + Duration::from_secs(1),
-            &mut |b: &[u8]| -> Result<(), ()> {
-                got.push(b.to_vec());
+            &mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
+                got.push(p.bytes().to_vec());
                 Ok(())
             },
         )
@@ -496,8 +515,8 @@ mod tests {
         assert_eq!(got.len(), 6);
         m.ready(
             t0 + Duration::from_secs(4),
-            &mut |b: &[u8]| -> Result<(), ()> {
-                got.push(b.to_vec());
+            &mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
+                got.push(p.bytes().to_vec());
                 Ok(())
             },
         )

@@ -4,8 +4,10 @@
 //! bulk mode each reader writes header and payload to its own file.
 #![forbid(unsafe_code)]
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::ops::Range;
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -18,7 +20,7 @@ use stap_common::relay::{Parser, Span};
 use stap_common::sys;
 
 use crate::error::Error;
-use crate::merge::{ChunkData, ChunkMerge};
+use crate::merge::{ChunkData, ChunkMerge, Piece};
 use crate::output::{Naming, Output, Stream};
 use crate::signals::{self, Signals};
 
@@ -541,12 +543,27 @@ impl ChunkData for Held {
     }
 }
 
+/// Payloads at least this long are written from the reader's buffer
+/// (writev) instead of being copied into the batch.
+const ZERO_COPY_MIN: usize = 512;
+/// Pieces per writev (the kernel's IOV_MAX is 1024).
+const MAX_PARTS: usize = 1024;
+
+/// One piece of a batch: bytes copied into the batch buffer, or a
+/// payload left in the reader's buffer (kept alive until written).
+enum Part {
+    Staged(Range<usize>),
+    Ref(Rc<Held>, Range<usize>),
+}
+
 /// How the merger writes what it releases: without -S, payloads are
-/// gathered and written a batch at a time; with it, record by record (a
+/// gathered and written a batch at a time (small ones copied together,
+/// large ones written from where they lie); with it, record by record (a
 /// file switch falls between records).
 struct Release {
     per_record: bool,
     staged: Vec<u8>,
+    parts: Vec<Part>,
 }
 
 impl Release {
@@ -557,16 +574,31 @@ impl Release {
         end: bool,
     ) -> Result<(), Error> {
         if self.per_record {
-            let mut emit = |b: &[u8]| out.write_record(&[b]);
+            let mut emit = |p: Piece<'_, Held>| out.write_record(&[p.bytes()]);
             return if end {
                 merger.finish(&mut emit)
             } else {
                 merger.ready(Instant::now(), &mut emit)
             };
         }
-        let staged = &mut self.staged;
-        let mut emit = |b: &[u8]| -> Result<(), Error> {
-            staged.extend_from_slice(b);
+        let (staged, parts) = (&mut self.staged, &mut self.parts);
+        let mut emit = |p: Piece<'_, Held>| -> Result<(), Error> {
+            match p {
+                Piece::Chunk(c, r) if r.len() >= ZERO_COPY_MIN => {
+                    parts.push(Part::Ref(c.clone(), r));
+                }
+                p => {
+                    let start = staged.len();
+                    staged.extend_from_slice(p.bytes());
+                    match parts.last_mut() {
+                        Some(Part::Staged(r)) if r.end == start => r.end = staged.len(),
+                        _ => parts.push(Part::Staged(start..staged.len())),
+                    }
+                }
+            }
+            if parts.len() >= MAX_PARTS {
+                write_parts(out, staged, parts)?;
+            }
             Ok(())
         };
         if end {
@@ -574,12 +606,27 @@ impl Release {
         } else {
             merger.ready(Instant::now(), &mut emit)?;
         }
-        if !self.staged.is_empty() {
-            out.write_record(&[&self.staged])?;
-            self.staged.clear();
-        }
-        Ok(())
+        write_parts(out, &mut self.staged, &mut self.parts)
     }
+}
+
+/// Write a batch in one writev, then let its buffers go.
+fn write_parts(out: &mut Output, staged: &mut Vec<u8>, parts: &mut Vec<Part>) -> Result<(), Error> {
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .map(|p| match p {
+            Part::Staged(r) => IoSlice::new(&staged[r.clone()]),
+            Part::Ref(c, r) => IoSlice::new(&c.buf[r.clone()]),
+        })
+        .collect();
+    let r = out.write_vectored(&slices);
+    drop(slices);
+    staged.clear();
+    parts.clear();
+    r
 }
 
 fn merge_thread(
@@ -591,6 +638,7 @@ fn merge_thread(
     let mut release = Release {
         per_record: out.size_limited(),
         staged: Vec::new(),
+        parts: Vec::new(),
     };
     let take =
         |merger: &mut ChunkMerge<Held>, release: &mut Release, c: Chunk, out: &mut Output| {
