@@ -314,9 +314,59 @@ fn find_marker(console: &str) -> Option<&'static str> {
 ///
 /// Fails (with the console attached) on a kernel failure marker, on the hard
 /// timeout (QEMU is killed), or when QEMU cannot start.
+/// How long a guest may take to start its agent (it takes 2-5 s under TCG).
+const AGENT_START_LIMIT: Duration = Duration::from_secs(60);
+
+/// Boots a guest, and boots it once more if the first one died before its
+/// agent started (QEMU's TCG occasionally hangs or oopses in early boot;
+/// nothing of ours has run then). The retry is said on stderr.
 pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
+    match boot_once(art, spec) {
+        Err(BootError::BeforeAgent(first)) => {
+            eprintln!(
+                "vm: scenario {}: the guest died before its agent started ({}): booting it once more",
+                spec.scenario,
+                first.lines().next().unwrap_or("")
+            );
+            boot_once(art, spec).map_err(|e| {
+                format!(
+                    "{} (an earlier boot had died before its agent started too)",
+                    e.text()
+                )
+            })
+        }
+        r => r.map_err(BootError::into_text),
+    }
+}
+
+/// Why a boot failed.
+#[derive(Debug)]
+pub enum BootError {
+    /// Before the guest agent started (no `VMTEST BEGIN` line).
+    BeforeAgent(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl BootError {
+    pub fn text(&self) -> &str {
+        match self {
+            BootError::BeforeAgent(s) | BootError::Other(s) => s,
+        }
+    }
+
+    pub fn into_text(self) -> String {
+        match self {
+            BootError::BeforeAgent(s) | BootError::Other(s) => s,
+        }
+    }
+}
+
+/// One boot, no retry.
+pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError> {
     let logs = log_dir();
-    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    fs::create_dir_all(&logs)
+        .map_err(|e| BootError::Other(format!("cannot create {}: {e}", logs.display())))?;
     let stem = format!("{}-{}", spec.scenario, std::process::id());
     let console_log = logs.join(format!("{stem}.console.log"));
     let results_log = logs.join(format!("{stem}.results.log"));
@@ -371,7 +421,13 @@ pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
     let start = Instant::now();
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+        .map_err(|e| BootError::Other(format!("cannot start qemu-system-x86_64: {e}")))?;
+    let agent_started = || {
+        fs::read(&results_log)
+            .map(|b| b.windows(13).any(|w| w == b"VMTEST BEGIN "))
+            .unwrap_or(false)
+    };
+    let mut began = false;
     let read_console = || {
         fs::read(&console_log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -388,6 +444,14 @@ pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
                 "QEMU hard timeout after {:?}: killed",
                 spec.timeout
             ));
+        }
+        if !began && start.elapsed() > AGENT_START_LIMIT.min(spec.timeout) {
+            began = agent_started();
+            if !began {
+                break Some(format!(
+                    "the guest agent did not start within {AGENT_START_LIMIT:?} (early boot hang): killed"
+                ));
+            }
         }
         if let Some(m) = find_marker(&read_console()) {
             // Let the kernel finish printing the report, then stop the guest.
@@ -424,21 +488,27 @@ pub fn boot(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, String> {
         find_marker(&run.console).map(|m| format!("guest kernel failure: console shows {m:?}"))
     });
     if let Some(f) = failure {
-        return Err(format!(
+        let text = format!(
             "scenario {}: {f}\nqemu stderr: {}\n--- guest transcript ---\n{}--- console ({}) ---\n{}",
             run.scenario,
             qemu_err.trim(),
             run.transcript(),
             run.console_log.display(),
             tail(&run.console, 80)
-        ));
+        );
+        let before_agent = !run.events().any(|e| e.starts_with("BEGIN "));
+        return Err(if before_agent {
+            BootError::BeforeAgent(text)
+        } else {
+            BootError::Other(text)
+        });
     }
     if run.results.is_empty() && !qemu_err.trim().is_empty() {
-        return Err(format!(
+        return Err(BootError::Other(format!(
             "scenario {}: QEMU failed: {}",
             run.scenario,
             qemu_err.trim()
-        ));
+        )));
     }
     Ok(run)
 }

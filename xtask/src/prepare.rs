@@ -1119,7 +1119,8 @@ fn probe_accel(art: &vm::Artifacts) -> String {
     kvm.accel = "kvm".into();
     let mut spec = vm::BootSpec::new("boot");
     spec.timeout = Duration::from_secs(30);
-    match vm::boot(&kvm, &spec) {
+    // One boot: a probe that fails is not retried.
+    match vm::boot_once(&kvm, &spec) {
         Ok(run) if run.assert_passed().is_ok() => "kvm".into(),
         _ => {
             eprintln!("xtask: KVM probe boot failed; using TCG");
