@@ -21,5 +21,5 @@ const SCENARIOS: &[&str] = &[
 ];
 
 fn main() {
-    common::main("attacks", SCENARIOS);
+    common::main("attacks", SCENARIOS, Vec::new());
 }

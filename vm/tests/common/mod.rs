@@ -26,8 +26,9 @@ fn run(tag: &str, name: &'static str) -> Result<(), Failed> {
     }
 }
 
-/// Run `scenarios` as named tests, reporting under `tag`.
-pub fn main(tag: &'static str, scenarios: &'static [&'static str]) {
+/// Run `scenarios` as named tests, reporting under `tag`, and the `extra`
+/// tests (of the harness itself).
+pub fn main(tag: &'static str, scenarios: &'static [&'static str], extra: Vec<Trial>) {
     let mut args = Arguments::from_args();
     // Guests are CPU-heavy under TCG: one at a time unless asked.
     if args.test_threads.is_none() {
@@ -36,6 +37,7 @@ pub fn main(tag: &'static str, scenarios: &'static [&'static str]) {
     let trials = scenarios
         .iter()
         .map(|&name| Trial::test(name, move || run(tag, name)))
+        .chain(extra)
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }
