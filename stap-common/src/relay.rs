@@ -148,7 +148,11 @@ impl Parser {
             self.end -= self.pos;
             self.pos = 0;
         }
-        if self.buf.len() - self.end < want {
+        if self.buf.is_empty() {
+            // Zeroed by the allocator (fresh pages, not a memset): nothing
+            // is touched until a read fills it.
+            self.buf = vec![0; want.max(self.size)];
+        } else if self.buf.len() - self.end < want {
             self.buf.resize(self.end + want.max(self.size), 0);
         }
     }
@@ -209,7 +213,9 @@ impl Parser {
     pub fn swap_buffer(&mut self, mut fresh: Vec<u8>) -> Vec<u8> {
         let pending = self.pending();
         let want = self.size.max(pending + self.size / 2);
-        if fresh.len() < want {
+        if fresh.is_empty() {
+            fresh = vec![0; want];
+        } else if fresh.len() < want {
             fresh.resize(want, 0);
         }
         fresh[..pending].copy_from_slice(&self.buf[self.pos..self.end]);
