@@ -224,12 +224,14 @@ fn mbps_cell(r: &Run) -> String {
 }
 
 /// CPU seconds per GB delivered, less the fixed cost of a run that prints
-/// nothing (`fixed_ms`).
-fn cpu_per_gb(r: &Run, fixed_ms: f64) -> f64 {
-    if r.payload == 0 {
-        0.0
+/// nothing (`fixed_ms`); "-" when nothing was delivered or the run cost no
+/// more than that fixed cost.
+fn cpu_per_gb(r: &Run, fixed_ms: f64) -> String {
+    let cpu = r.cpu_s - fixed_ms / 1e3;
+    if r.payload == 0 || cpu <= 0.0 {
+        "-".into()
     } else {
-        (r.cpu_s - fixed_ms / 1e3).max(0.0) / (r.payload as f64 / 1e9)
+        format!("{:.1}", cpu / (r.payload as f64 / 1e9))
     }
 }
 
@@ -389,8 +391,8 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
         cells.extend([
             num(ours, &|r| format!("{} of {}", r.lost, r.expected)),
             num(c, &|r| format!("{} of {}", r.lost, r.expected)),
-            num(ours, &|r| format!("{:.1}", cpu_per_gb(r, fixed("ours")))),
-            num(c, &|r| format!("{:.1}", cpu_per_gb(r, fixed("theirs")))),
+            num(ours, &|r| cpu_per_gb(r, fixed("ours"))),
+            num(c, &|r| cpu_per_gb(r, fixed("theirs"))),
         ]);
         if has_base {
             cells.push(num(base, &|r| {

@@ -607,6 +607,14 @@ fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
 }
 
+/// `tools` starting at the `i`-th: repetitions rotate which implementation
+/// runs first (a run can be slowed by what the one before left, such as the
+/// freeing of its module's relay buffers).
+fn rotated(tools: &[Tool], i: usize) -> Vec<Tool> {
+    let n = tools.len().max(1);
+    (0..tools.len()).map(|k| tools[(i + k) % n]).collect()
+}
+
 fn tools() -> Vec<Tool> {
     list("bench.tools", "ours,theirs")
         .iter()
@@ -678,8 +686,8 @@ fn bench(r: &mut Reporter) {
 
     // Start-up, alternating the tools.
     let mut runs: BTreeMap<&str, Vec<Startup>> = BTreeMap::new();
-    for _ in 0..startup_runs {
-        for &t in &tools {
+    for i in 0..startup_runs {
+        for t in rotated(&tools, i) {
             if let Err(e) = t.activate() {
                 r.check("activate", false, e);
                 return;
@@ -747,8 +755,8 @@ fn bench(r: &mut Reporter) {
                     // MB/s stands for the row, with the spread.
                     let reps = if rate == 0 { reps } else { 1 };
                     let mut all: BTreeMap<&str, Vec<RunResult>> = BTreeMap::new();
-                    for _ in 0..reps {
-                        for &t in &tools {
+                    for i in 0..reps {
+                        for t in rotated(&tools, i) {
                             if let Err(e) = t.activate() {
                                 r.check("activate", false, e);
                                 return;
