@@ -21,6 +21,7 @@ use crate::cpio::{self, Entry};
 use crate::prepare::{self, TARGET, step};
 
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "bench_options")]
 pub struct Options {
     #[command(flatten)]
     pub compat: compat::Options,
@@ -60,6 +61,9 @@ pub struct Options {
     /// change helped.
     #[arg(long, value_name = "REV")]
     pub baseline: Option<String>,
+    /// Boot nothing: render the report again from DIR/raw-N.txt (N in --cpus) of an earlier run.
+    #[arg(long, value_name = "DIR")]
+    pub from_raw: Option<std::path::PathBuf>,
 }
 
 /// Our stapio as built from `rev` (a throwaway worktree, its own target directory).
@@ -395,9 +399,7 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             num(c, &|r| cpu_per_gb(r, fixed("theirs"))),
         ]);
         if has_base {
-            cells.push(num(base, &|r| {
-                format!("{:.1}", cpu_per_gb(r, fixed("base")))
-            }));
+            cells.push(num(base, &|r| cpu_per_gb(r, fixed("base"))));
         }
         cells.extend([
             num(ours, &|r| format!("{:.1}", r.rss_kib as f64 / 1024.0)),
@@ -456,7 +458,35 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
     o
 }
 
+/// The report of an earlier run, from its raw lines.
+fn rerender(opts: &Options, dir: &Path) -> Result<()> {
+    let mut text = format!(
+        "## Relay throughput and start-up, ours vs the C stapio (Debian systemtap-runtime 4.8)\n\nRendered from {}/raw-N.txt.\n\n",
+        dir.display()
+    );
+    let mut targets = Vec::new();
+    for &cpus in &opts.cpus {
+        let raw = dir.join(format!("raw-{cpus}.txt"));
+        let all = fs::read_to_string(&raw).map_err(|e| format!("read {}: {e}", raw.display()))?;
+        let lines: Vec<&str> = all.lines().collect();
+        text.push_str(&report(&parse(cpus, &lines), &mut targets));
+        text.push('\n');
+    }
+    let _ = writeln!(text, "### Targets not met\n");
+    if targets.is_empty() {
+        let _ = writeln!(text, "None.");
+    }
+    for t in &targets {
+        let _ = writeln!(text, "- {t}");
+    }
+    println!("{text}");
+    Ok(())
+}
+
 pub fn bench(opts: &Options) -> Result<()> {
+    if let Some(dir) = &opts.from_raw {
+        return rerender(opts, dir);
+    }
     let t0 = Instant::now();
     let mut art = compat::prepare(&opts.compat)?;
     let dir = vm::target_dir().join("bench");

@@ -50,6 +50,7 @@ const PATCH_4_8: &str = "runtime-4.8-task_work_cancel_func.patch";
 const JOBS: usize = 2;
 
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "compat_options")]
 pub struct Options {
     #[command(flatten)]
     pub vm: prepare::Options,

@@ -31,6 +31,7 @@ pub enum Layout {
 }
 
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "install_options")]
 pub struct Options {
     /// Installation prefix: staprun goes to PREFIX/bin, stapio to PREFIX/libexec/staprun, and
     /// both are built with these paths compiled in.

@@ -20,6 +20,7 @@ use crate::Result;
 use crate::prepare;
 
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "matrix_options")]
 pub struct Options {
     /// Kernels, comma-separated: aliases (6.1, 6.12, 7) or ABIs.
     #[arg(

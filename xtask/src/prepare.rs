@@ -24,6 +24,7 @@ pub const STAPSYS: u32 = 157;
 pub const STAPDEV: u32 = 158;
 
 #[derive(clap::Args, Clone, Debug)]
+#[group(id = "vm_options")]
 pub struct Options {
     /// Guest kernel: an ABI (6.1.0-57-cloud-amd64, 6.12.95+deb12-cloud-amd64, 7.3.4+deb13-cloud-amd64)
     /// or an alias for the newest of a suite: 6.1 (bookworm), 6.12 (bookworm-backports), 7
