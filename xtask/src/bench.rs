@@ -458,6 +458,16 @@ fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
     o
 }
 
+fn targets_section(text: &mut String, targets: &[String]) {
+    let _ = writeln!(text, "### Targets not met\n");
+    if targets.is_empty() {
+        let _ = writeln!(text, "None.");
+    }
+    for t in targets {
+        let _ = writeln!(text, "- {t}");
+    }
+}
+
 /// The report of an earlier run, from its raw lines.
 fn rerender(opts: &Options, dir: &Path) -> Result<()> {
     let mut text = format!(
@@ -472,13 +482,7 @@ fn rerender(opts: &Options, dir: &Path) -> Result<()> {
         text.push_str(&report(&parse(cpus, &lines), &mut targets));
         text.push('\n');
     }
-    let _ = writeln!(text, "### Targets not met\n");
-    if targets.is_empty() {
-        let _ = writeln!(text, "None.");
-    }
-    for t in &targets {
-        let _ = writeln!(text, "- {t}");
-    }
+    targets_section(&mut text, &targets);
     println!("{text}");
     Ok(())
 }
@@ -562,13 +566,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         text.push_str(&report(&g, &mut targets));
         text.push('\n');
     }
-    let _ = writeln!(text, "### Targets not met\n");
-    if targets.is_empty() {
-        let _ = writeln!(text, "None.");
-    }
-    for t in &targets {
-        let _ = writeln!(text, "- {t}");
-    }
+    targets_section(&mut text, &targets);
     let _ = writeln!(text, "\nWall time {:.0} s.", t0.elapsed().as_secs_f64());
     let path = dir.join("report.md");
     fs::write(&path, &text).map_err(|e| format!("write {}: {e}", path.display()))?;
