@@ -300,9 +300,9 @@ static void stp_write_record(const char *data, u32 len, int cpu, int n)
 	lock = this_cpu_ptr(&print_lock);
 	spin_lock(lock);
 	/*
-	 * The sequence number is taken first, as the runtime's print flush
-	 * does: a record dropped for want of room leaves a gap that stapio
-	 * reports as lost.
+	 * The sequence number is taken first: a record dropped for want of
+	 * room leaves a gap, which stapio reports as lost (the overrun checks
+	 * of the VM suites rely on it).
 	 */
 	seq = atomic_inc_return(&sequence);
 	rec = relay_reserve(rchan, hlen + len);
