@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod elf;
 pub mod kernel;
+pub mod merge;
 pub mod modname;
 pub mod protocol;
 pub mod relay;

@@ -5,7 +5,6 @@
 
 pub mod diag;
 pub mod error;
-pub mod merge;
 pub mod output;
 pub mod relay;
 pub mod session;

@@ -20,9 +20,9 @@ use stap_common::relay::{Parser, Span};
 use stap_common::sys;
 
 use crate::error::Error;
-use crate::merge::{ChunkData, ChunkMerge, Piece};
 use crate::output::{Naming, Output, Stream};
 use crate::signals::{self, Signals};
+use stap_common::merge::{ChunkData, ChunkMerge, Piece};
 
 /// Bytes asked of the relay file per read.
 pub const READ_CHUNK: usize = 256 * 1024;
