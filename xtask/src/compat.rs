@@ -176,6 +176,12 @@ fn stap_version() -> Result<(String, String)> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run stap -V: {e}"))?;
+    parse_stap_version(&out, "`stap -V`")
+}
+
+/// The version and the first line of `stap -V` (4.8 prints it on stderr,
+/// 5.1 on stdout).
+fn parse_stap_version(out: &std::process::Output, what: &str) -> Result<(String, String)> {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stderr),
@@ -187,7 +193,7 @@ fn stap_version() -> Result<(String, String)> {
         .nth(1)
         .and_then(|r| r.split(['/', ',', ')']).next())
         .map(str::to_owned)
-        .ok_or_else(|| format!("cannot parse `stap -V`: {line:?}"))?;
+        .ok_or_else(|| format!("cannot parse {what}: {line:?}"))?;
     Ok((version, line))
 }
 
@@ -816,19 +822,7 @@ fn stap5(apt: &mut Apt, cache: &Path, kver: &str) -> Result<Stap5> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run chroot stap -V: {e}"))?;
-    // 4.8 prints this on stderr, 5.1 on stdout.
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let line = text.lines().next().unwrap_or_default().trim().to_owned();
-    let version = line
-        .split("(version ")
-        .nth(1)
-        .and_then(|r| r.split(['/', ',', ')']).next())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("cannot parse the chroot's `stap -V`: {line:?}"))?;
+    let (version, line) = parse_stap_version(&out, "the chroot's `stap -V`")?;
     eprintln!("xtask: chroot: {line}");
     if !version.starts_with('5') {
         return Err(format!(
