@@ -656,6 +656,15 @@ pub fn resolve_module(module: &str, blessed_dir: &Path) -> Result<ModulePath, Cl
 }
 
 impl Options {
+    /// Why stapio would refuse to run with these options, if it would.
+    /// staprun asks before it loads anything, so such a run never leaves
+    /// a module behind.
+    pub fn stapio_refuses(&self) -> Option<&'static str> {
+        self.monitor_interval
+            .is_some()
+            .then_some("monitor mode (-M) is not supported by this stapio")
+    }
+
     /// `-o` made absolute against `cwd` (SystemTap's `get_abspath`).
     pub fn absolute_outfile(&self, cwd: &Path) -> Option<PathBuf> {
         self.outfile.as_ref().map(|f| {

@@ -50,8 +50,21 @@ fn usize_of(v: u64) -> Result<usize, ElfError> {
     usize::try_from(v).map_err(|_| ElfError::Truncated)
 }
 
-/// Section `(file offset, size)` by name.
+/// Section `(file offset, size)` by name: the first one of that name.
 pub fn find_section(image: &[u8], name: &'static str) -> Result<(usize, usize), ElfError> {
+    find_section_where(image, name, false)
+}
+
+/// `SHF_ALLOC`: the section is part of the loaded module.
+const SHF_ALLOC: u64 = 0x2;
+
+/// Section `(file offset, size)` by name; with `alloc_only`, the first
+/// `SHF_ALLOC` one, as the kernel's module loader picks it.
+fn find_section_where(
+    image: &[u8],
+    name: &'static str,
+    alloc_only: bool,
+) -> Result<(usize, usize), ElfError> {
     if image.len() < 64 || image[..4] != *b"\x7fELF" || image[4] != 2 || image[5] != 1 {
         return Err(ElfError::NotElf);
     }
@@ -84,7 +97,9 @@ pub fn find_section(image: &[u8], name: &'static str) -> Result<(usize, usize), 
             continue;
         };
         let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
-        if &rest[..end] == name.as_bytes() {
+        if &rest[..end] == name.as_bytes()
+            && (!alloc_only || u64_at(image, at + 0x08)? & SHF_ALLOC != 0)
+        {
             let off = usize_of(u64_at(image, at + 0x18)?)?;
             let size = usize_of(u64_at(image, at + 0x20)?)?;
             if off.checked_add(size).is_none_or(|e| e > image.len()) {
@@ -98,7 +113,9 @@ pub fn find_section(image: &[u8], name: &'static str) -> Result<(usize, usize), 
 
 /// Where the module name lives in the image: `(offset, current name)`.
 pub fn module_name(image: &[u8]) -> Result<(usize, String), ElfError> {
-    let (off, size) = find_section(image, ".gnu.linkonce.this_module")?;
+    // The kernel takes the name from the first SHF_ALLOC section of this
+    // name; a section of the same name that is not loaded is ignored.
+    let (off, size) = find_section_where(image, ".gnu.linkonce.this_module", true)?;
     if size < THIS_MODULE_NAME_OFFSET + THIS_MODULE_NAME_LEN {
         return Err(ElfError::Truncated);
     }
@@ -164,6 +181,9 @@ pub fn build_test_module(name: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
         let mut h = [0u8; 64];
         h[0..4].copy_from_slice(&u32::try_from(name).unwrap_or(0).to_le_bytes());
         h[4..8].copy_from_slice(&typ.to_le_bytes());
+        if typ == 1 {
+            h[8..16].copy_from_slice(&SHF_ALLOC.to_le_bytes());
+        }
         h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
         h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
         out.extend_from_slice(&h);
@@ -198,6 +218,32 @@ mod tests {
         assert_eq!(&img[at..at + 4], b"pmod");
         assert_eq!(required_privilege(&img), Some(2));
         assert_eq!(required_privilege(&build_test_module("x", &[])), None);
+    }
+
+    /// A `.gnu.linkonce.this_module` section that is not SHF_ALLOC, placed
+    /// before the real one, is ignored by the kernel: its name must be too.
+    #[test]
+    fn the_name_comes_from_the_allocated_section_only() {
+        let mut decoy = vec![0u8; 0x380];
+        decoy[THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + 5].copy_from_slice(b"decoy");
+        let mut img = build_test_module("pmod", &[(".gnu.linkonce.this_module", &decoy)]);
+        let shoff = u64_at(&img, 0x28).unwrap() as usize;
+        // Swap section headers 1 (real) and 2 (decoy); the decoy loses SHF_ALLOC.
+        let (a, b) = (shoff + 64, shoff + 128);
+        let real: Vec<u8> = img[a..a + 64].to_vec();
+        let fake: Vec<u8> = img[b..b + 64].to_vec();
+        img[a..a + 64].copy_from_slice(&fake);
+        img[b..b + 64].copy_from_slice(&real);
+        img[a + 8..a + 16].copy_from_slice(&0u64.to_le_bytes());
+        let (first, _) = find_section(&img, ".gnu.linkonce.this_module").unwrap();
+        assert_eq!(&img[first + THIS_MODULE_NAME_OFFSET..][..5], b"decoy");
+        assert_eq!(module_name(&img).unwrap().1, "pmod");
+        // With no allocated one at all, there is no module name.
+        img[b + 8..b + 16].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(
+            module_name(&img),
+            Err(ElfError::NoSection(".gnu.linkonce.this_module"))
+        );
     }
 
     #[test]

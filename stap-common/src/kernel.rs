@@ -55,6 +55,9 @@ pub trait ModuleDir: Send + Sync {
     /// The CVE-2010-4171 rule, part one: may the **real** user open `.cmd`
     /// for reading and writing (`faccessat` without `AT_EACCESS`)?
     fn real_user_may_use_control(&self) -> io::Result<()>;
+    /// The owner (uid) of `.cmd`: the real uid of whoever called
+    /// `init_module` for this module.
+    fn control_owner(&self) -> io::Result<u32>;
     /// Open `.cmd` read-write. The module allows one opener: EBUSY when
     /// another process has it (an attached module).
     fn open_control(&self) -> io::Result<Box<dyn Control>>;

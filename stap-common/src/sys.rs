@@ -83,6 +83,158 @@ pub fn drop_privileges_for_good(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Set the real uid only (effective and saved stay as they are). With
+/// effective root, `set_real_uid(0)` puts the process out of reach of the
+/// caller's kill(2); `set_real_uid(caller)` before `init_module` makes
+/// the module record the caller as the owner of its control files.
+pub fn set_real_uid(uid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on integer arguments (u32::MAX is "unchanged").
+    cerr(unsafe { libc::setresuid(uid, u32::MAX, u32::MAX) })?;
+    let now = ids()?;
+    if now.ruid != uid {
+        return Err(io::Error::other("the real uid did not change as asked"));
+    }
+    Ok(())
+}
+
+/// Switch the effective (and so the file-system) ids to `uid`/`gid`, with
+/// the saved ids left root so that [`set_effective_ids`] back to 0 works;
+/// returns the previous pair. With a non-root effective uid the kernel
+/// clears the effective capabilities, so a path lookup made now has only
+/// the rights of `uid` (CAP_SYS_PTRACE would still follow /proc magic
+/// links after a mere setfsuid). The real ids are not touched.
+pub fn set_effective_ids(uid: u32, gid: u32) -> io::Result<(u32, u32)> {
+    let before = ids()?;
+    if uid == before.euid && gid == before.egid {
+        return Ok((before.euid, before.egid));
+    }
+    // Become root first when going back, so the gid may change.
+    if uid == 0 {
+        // SAFETY: plain syscall on integer arguments (u32::MAX: unchanged).
+        cerr(unsafe { libc::setresuid(u32::MAX, 0, u32::MAX) })?;
+        // SAFETY: as above.
+        cerr(unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) })?;
+    } else {
+        // SAFETY: as above.
+        cerr(unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) })?;
+        // SAFETY: as above.
+        cerr(unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) })?;
+    }
+    let now = ids()?;
+    if now.euid != uid || now.egid != gid {
+        return Err(io::Error::other("effective ids did not change as asked"));
+    }
+    Ok((before.euid, before.egid))
+}
+
+/// A resource limit's (soft, hard) values.
+pub fn get_rlimit(res: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `l` is live, writable storage for one rlimit.
+    cerr(unsafe { libc::getrlimit(res, &mut l) })?;
+    Ok((l.rlim_cur, l.rlim_max))
+}
+
+pub fn set_rlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let l = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `l` is an initialised rlimit.
+    cerr(unsafe { libc::setrlimit(res, &l) })?;
+    Ok(())
+}
+
+/// Block every signal that can be blocked (SIGKILL and SIGSTOP cannot).
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: a zeroed sigset is then initialised by sigfillset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut set) };
+    // SAFETY: valid set; old mask not wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Make the signal mask exactly `sigs`.
+pub fn set_signal_mask(sigs: &[libc::c_int]) -> io::Result<()> {
+    // SAFETY: a zeroed sigset is then initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in sigs {
+        // SAFETY: as above.
+        unsafe { libc::sigaddset(&mut set, *s) };
+    }
+    // SAFETY: valid set; old mask not wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// The `system.posix_acl_access` extended attribute of the file behind
+/// `fd` (any kind of fd, `O_PATH` included, read through
+/// `/proc/self/fd`); `None` when the file has no ACL or the file system
+/// has none.
+pub fn posix_acl(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    let path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let name = c"system.posix_acl_access";
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: both strings are NUL-terminated; `buf` is live and
+        // writable for its length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n.unsigned_abs());
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA | libc::EOPNOTSUPP) => return Ok(None),
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => {
+                let n = buf.len() * 4;
+                buf.resize(n, 0);
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn fstatat_nofollow(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
+    let c = cstring(name)?;
+    // SAFETY: a zeroed stat is valid storage; fstatat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd, NUL-terminated name, live `st`.
+    cerr(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
 /// Mark every descriptor above 2 close-on-exec.
 pub fn cloexec_from_3() -> io::Result<()> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
@@ -228,13 +380,34 @@ pub fn delete_module(name: &str) -> io::Result<()> {
 
 /// Kernel release (`uname -r`).
 pub fn kernel_release() -> io::Result<String> {
-    // SAFETY: zeroed utsname is valid; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is writable.
-    cerr(unsafe { libc::uname(&mut u) })?;
-    // SAFETY: uname NUL-terminates each field.
-    let r = unsafe { CStr::from_ptr(u.release.as_ptr()) };
-    Ok(r.to_string_lossy().into_owned())
+    // Not uname(2): the UNAME26 personality, which survives a setuid exec,
+    // makes it report 2.6.x. procfs shows the running kernel's release.
+    let fd = open(
+        OsStr::new("/proc/sys/kernel/osrelease"),
+        libc::O_RDONLY | libc::O_NOFOLLOW,
+    )?;
+    if fstatfs_type(std::os::fd::AsFd::as_fd(&fd))? != PROC_SUPER_MAGIC {
+        return Err(io::Error::other("/proc is not procfs"));
+    }
+    let mut buf = [0u8; 256];
+    let n = read(std::os::fd::AsFd::as_fd(&fd), &mut buf)?;
+    let text = std::str::from_utf8(&buf[..n])
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?
+        .trim_end_matches('\n');
+    if text.is_empty() || text.contains(['/', '\0']) || text.starts_with('.') {
+        return Err(io::Error::other("unusable kernel release in /proc"));
+    }
+    Ok(text.to_owned())
+}
+
+pub const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// Whether the kernel runs in FIPS mode (`/proc/sys/crypto/fips_enabled`
+/// is non-zero). A missing file means no.
+pub fn fips_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/crypto/fips_enabled")
+        .map(|s| s.trim() != "0" && !s.trim().is_empty())
+        .unwrap_or(false)
 }
 
 /// User plus system CPU time of this process so far, threads that have
@@ -503,17 +676,55 @@ pub fn local_timezone(t: i64) -> (i64, String) {
 pub fn group_id(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: a zeroed group struct is valid storage for getgrnam_r.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are to live locals of the documented sizes.
-    let r =
-        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut res) };
-    if r != 0 || res.is_null() {
-        None
-    } else {
-        Some(grp.gr_gid)
+    loop {
+        // SAFETY: a zeroed group struct is valid storage for getgrnam_r.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: all pointers are to live locals of the documented sizes.
+        let r = unsafe {
+            libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut res)
+        };
+        if r == libc::ERANGE && grow(&mut buf) {
+            continue;
+        }
+        return (r == 0 && !res.is_null()).then_some(grp.gr_gid);
     }
+}
+
+/// The name of group `gid`, if the group database has one.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: a zeroed group struct is valid storage for getgrgid_r.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    loop {
+        let mut res: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: all pointers are to live locals of the documented sizes.
+        let r = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut res) };
+        if r == libc::ERANGE && grow(&mut buf) {
+            continue;
+        }
+        if r != 0 || res.is_null() {
+            return None;
+        }
+        break;
+    }
+    // SAFETY: gr_name points to a NUL-terminated string inside `buf`.
+    Some(
+        unsafe { CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Double a lookup buffer after ERANGE, up to 64 MiB; false past that.
+fn grow(buf: &mut Vec<libc::c_char>) -> bool {
+    const MAX: usize = 64 << 20;
+    if buf.len() >= MAX {
+        return false;
+    }
+    let n = (buf.len() * 2).min(MAX);
+    buf.resize(n, 0);
+    true
 }
 
 /// `execv(path, argv)` with the given environment; returns only on error.
@@ -538,11 +749,17 @@ pub fn user_in_group(uid: u32, gid: u32) -> bool {
     let mut buf = vec![0 as libc::c_char; 16384];
     // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are to live locals of the documented sizes.
-    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
-    if r != 0 || res.is_null() {
-        return false;
+    loop {
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers are to live locals of the documented sizes.
+        let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+        if r == libc::ERANGE && grow(&mut buf) {
+            continue;
+        }
+        if r != 0 || res.is_null() {
+            return false;
+        }
+        break;
     }
     if pw.pw_gid == gid {
         return true;
@@ -552,11 +769,18 @@ pub fn user_in_group(uid: u32, gid: u32) -> bool {
     let mut gbuf = vec![0 as libc::c_char; 65536];
     // SAFETY: zeroed group struct is valid storage.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut gres: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: pointers to live locals of the documented sizes.
-    let r = unsafe { libc::getgrgid_r(gid, &mut grp, gbuf.as_mut_ptr(), gbuf.len(), &mut gres) };
-    if r != 0 || gres.is_null() || grp.gr_mem.is_null() {
-        return false;
+    loop {
+        let mut gres: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: pointers to live locals of the documented sizes.
+        let r =
+            unsafe { libc::getgrgid_r(gid, &mut grp, gbuf.as_mut_ptr(), gbuf.len(), &mut gres) };
+        if r == libc::ERANGE && grow(&mut gbuf) {
+            continue;
+        }
+        if r != 0 || gres.is_null() || grp.gr_mem.is_null() {
+            return false;
+        }
+        break;
     }
     let mut i = 0;
     loop {
@@ -941,11 +1165,17 @@ pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 16384];
     // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are to live locals of the documented sizes.
-    let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
-    if r != 0 || res.is_null() {
-        return None;
+    loop {
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers are to live locals of the documented sizes.
+        let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
+        if r == libc::ERANGE && grow(&mut buf) {
+            continue;
+        }
+        if r != 0 || res.is_null() {
+            return None;
+        }
+        break;
     }
     // SAFETY: pw_name points to a NUL-terminated string inside `buf`.
     Some(

@@ -9,17 +9,19 @@ use std::path::Path;
 use stap_common::cli::{self, ColorMode, Program};
 use stap_common::kernel::linux::{LinuxKernel, LinuxModuleDir};
 use stap_common::kernel::{KernelOps, ModuleDir};
+use stap_common::modname::ModName;
 use stap_common::sys;
 
 use stapio::diag::Diag;
-use stapio::session::StaprunUnloader;
+use stapio::session::{StaprunUnloader, Unloader as _};
 use stapio::signals::{self, Signals};
 use stapio::{Config, Error, Session, Streams};
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut color = ColorMode::Auto;
-    let code = match run(&args, &mut color) {
+    let mut undo = None;
+    let code = match run(&args, &mut color, &mut undo) {
         Ok(code) => code,
         Err(Error::Usage(e)) => {
             eprintln!("stapio: {e}");
@@ -31,10 +33,21 @@ fn main() {
             1
         }
     };
+    // `staprun -d` could not be started (no processes, no memory): this
+    // process becomes `staprun --undo-start MODULE` instead.
+    if let Some((unloader, name)) = undo {
+        let e = StaprunUnloader::exec_undo(&unloader, &name);
+        Diag::stderr(color).error(&format!(
+            "cannot run staprun to unload {name}: {e}; unload it with 'staprun -d {name}'"
+        ));
+        std::process::exit(1);
+    }
     std::process::exit(code);
 }
 
-fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
+type Undo = Option<(StaprunUnloader, ModName)>;
+
+fn run(args: &[OsString], color: &mut ColorMode, undo: &mut Undo) -> Result<i32, Error> {
     let ids = sys::ids().map_err(Error::Setup)?;
     if ids.ruid != ids.euid || ids.rgid != ids.egid {
         return Err(Error::Setuid {
@@ -60,7 +73,7 @@ fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
         return Ok(0);
     }
     *color = opts.color;
-    if opts.monitor_interval.is_some() {
+    if opts.stapio_refuses().is_some() {
         return Err(Error::MonitorUnsupported);
     }
     if opts.delete {
@@ -68,6 +81,28 @@ fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
     }
     // The name only: stapio never loads anything.
     let name = cli::resolve_module(&opts.module, Path::new("/"))?.name;
+    let unloader = StaprunUnloader::new(opts.verbose, opts.color);
+    let found = std::cell::Cell::new(opts.relay_fd.is_some());
+    let result = start(&opts, &name, &unloader, &found);
+    // A stapio that could not start leaves nothing loaded (a module it
+    // attached to with -A is not its to unload; one that is not there
+    // needs nothing).
+    if result.is_err() && found.get() && !opts.attach && !unloader.attempted() {
+        let _ = unloader.unload(&name);
+    }
+    if unloader.spawn_failed() {
+        *undo = Some((unloader, name));
+    }
+    result
+}
+
+/// Everything from the module directory to the end of the run.
+fn start(
+    opts: &cli::Options,
+    name: &ModName,
+    unloader: &StaprunUnloader,
+    found: &std::cell::Cell<bool>,
+) -> Result<i32, Error> {
     let kernel = LinuxKernel;
     let dir: Box<dyn ModuleDir> = match opts.relay_fd {
         Some(fd) => {
@@ -79,16 +114,17 @@ fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
             )
         }
         None => kernel
-            .open_module_dir(&name)
+            .open_module_dir(name)
             .map_err(|source| Error::ModuleDir {
                 module: name.clone(),
                 source,
             })?,
     };
+    found.set(true);
     let signals = Signals::new();
     signals::install(signals.clone()).map_err(Error::Setup)?;
     let cwd = std::env::current_dir().map_err(Error::Setup)?;
-    let cfg = Config::from_options(&opts, name, &cwd);
+    let cfg = Config::from_options(opts, name.clone(), &cwd);
     let diag = Diag::stderr(opts.color);
     let streams = Streams {
         stdout: Box::new(std::io::stdout()),
@@ -101,7 +137,6 @@ fn run(args: &[OsString], color: &mut ColorMode) -> Result<i32, Error> {
         let _ = std::io::stdout().flush();
         sys::redirect_to_dev_null(&[1, 2]).map_err(Error::Daemon)?;
     }
-    let unloader = StaprunUnloader::new(opts.verbose, opts.color);
-    let outcome = session.run(&unloader)?;
+    let outcome = session.run(unloader)?;
     Ok(outcome.exit_code())
 }

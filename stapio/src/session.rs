@@ -138,11 +138,16 @@ const UNLOAD_ENV: [&str; 7] = [
 
 /// Unload by running `staprun [-v..] -d -C MODE -- MODULE` (setuid; it
 /// checks that the module is ours and not attached).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StaprunUnloader {
     pub staprun: std::path::PathBuf,
     pub verbose: u32,
     pub color: ColorMode,
+    /// `unload` was called.
+    attempted: std::sync::atomic::AtomicBool,
+    /// `staprun -d` could not even be started (no processes, no memory):
+    /// the caller must then execute `staprun --undo-start` in its place.
+    spawn_failed: std::sync::atomic::AtomicBool,
 }
 
 impl StaprunUnloader {
@@ -151,7 +156,31 @@ impl StaprunUnloader {
             staprun: STAPRUN_PATH.into(),
             verbose,
             color,
+            attempted: false.into(),
+            spawn_failed: false.into(),
         }
+    }
+
+    pub fn attempted(&self) -> bool {
+        self.attempted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn spawn_failed(&self) -> bool {
+        self.spawn_failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replace this process with `staprun --undo-start MODULE` (the
+    /// checks of `staprun -d`, then exit 1). Returns only on failure.
+    pub fn exec_undo(&self, module: &ModName) -> std::io::Error {
+        use std::ffi::CString;
+        let c = |s: &str| CString::new(s).unwrap_or_default();
+        let path = CString::new(self.staprun.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let argv = [path.clone(), c("--undo-start"), c(module.as_str())];
+        let env: Vec<CString> = UNLOAD_ENV
+            .iter()
+            .filter_map(|k| Some(c(&format!("{k}={}", std::env::var(k).ok()?))))
+            .collect();
+        stap_common::sys::execve(&path, &argv, &env)
     }
 
     /// The argv after argv\[0\].
@@ -164,6 +193,8 @@ impl StaprunUnloader {
 
 impl Unloader for StaprunUnloader {
     fn unload(&self, module: &ModName) -> Result<(), Error> {
+        self.attempted
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = std::process::Command::new(&self.staprun);
         cmd.args(self.args(module)).env_clear();
         for k in UNLOAD_ENV {
@@ -171,9 +202,20 @@ impl Unloader for StaprunUnloader {
                 cmd.env(k, v);
             }
         }
-        let status = cmd.status().map_err(|e| Error::Unload {
-            module: module.clone(),
-            detail: format!("cannot run {}: {e}", self.staprun.display()),
+        let status = cmd.status().map_err(|e| {
+            // Out of processes, memory or descriptors: staprun can still
+            // be executed in place of this process.
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE)
+            ) {
+                self.spawn_failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Error::Unload {
+                module: module.clone(),
+                detail: format!("cannot run {}: {e}", self.staprun.display()),
+            }
         })?;
         if status.success() {
             Ok(())

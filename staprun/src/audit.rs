@@ -40,12 +40,60 @@ pub fn load_line(who: &str, module: &str, path: &Path, sha256: &str, rule: &str)
     )
 }
 
+/// What happens during a load that main must log as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// Logged before `init_module`: who loads which bytes, by which rule.
+    Loading {
+        module: &'a str,
+        path: &'a Path,
+        sha256: &'a str,
+        rule: &'a str,
+    },
+    /// `init_module` failed.
+    LoadFailed {
+        module: &'a str,
+        path: &'a Path,
+        error: &'a str,
+    },
+}
+
+/// The syslog line of an event.
+pub fn event_line(who: &str, e: &Event<'_>) -> String {
+    match e {
+        Event::Loading {
+            module,
+            path,
+            sha256,
+            rule,
+        } => format!(
+            "LOADING {who} module={module} path={} sha256={sha256} rule={}",
+            quote(&path.display().to_string()),
+            quote(rule)
+        ),
+        Event::LoadFailed {
+            module,
+            path,
+            error,
+        } => format!(
+            "LOAD-FAILED {who} module={module} path={} error={}",
+            quote(&path.display().to_string()),
+            quote(error)
+        ),
+    }
+}
+
 pub fn deny_line(who: &str, path: &str, reason: &str) -> String {
     format!("DENY {who} path={} reason={}", quote(path), quote(reason))
 }
 
 pub fn unload_line(who: &str, module: &str) -> String {
     format!("UNLOAD {who} module={module}")
+}
+
+/// The module was unloaded because its stapio could not start.
+pub fn undo_line(who: &str, module: &str) -> String {
+    format!("UNLOAD {who} module={module} reason=\"stapio did not start\"")
 }
 
 #[cfg(test)]

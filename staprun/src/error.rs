@@ -46,21 +46,39 @@ pub enum StaprunError {
         text: String,
         exists: bool,
     },
-    #[error(
-        "module '{module}' was loaded but its setup failed ({what}: {source}); it has been unloaded"
-    )]
+    #[error("module '{module}' was loaded but its setup failed ({what}: {source})")]
     AfterLoad {
         module: String,
         what: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error(
-        "module '{module}' speaks neither the 4.x nor the 5.x SystemTap control protocol; it has been unloaded"
-    )]
+    #[error("module '{module}' speaks neither the 4.x nor the 5.x SystemTap control protocol")]
     UnknownGeneration { module: String },
-    #[error("interrupted while loading '{module}'; it has been unloaded")]
+    #[error("interrupted while loading '{module}'")]
     Interrupted { module: String },
+    #[error(
+        "the control file of '{module}' belongs to uid {owner}, not to you: it is not the module this staprun loaded (was it unloaded and loaded again meanwhile?)"
+    )]
+    NotOurModule { module: String, owner: u32 },
+    /// A failure after `init_module`, with what the undo did.
+    #[error("{error}; {undo}")]
+    Undone {
+        error: Box<StaprunError>,
+        undo: String,
+    },
+    #[error(
+        "module {path} was removed from (or replaced in) the blessed directory after it was checked; nothing was loaded"
+    )]
+    RemovedBeforeLoad { path: PathBuf },
+    #[error(
+        "the kernel runs in FIPS mode (/proc/sys/crypto/fips_enabled is set): SystemTap modules are not loaded in FIPS mode"
+    )]
+    Fips,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("stapio could not start; module '{module}' has been unloaded")]
+    StartFailed { module: String },
     #[error("'{name}' is not a SystemTap module that can be unloaded: {reason}")]
     NotUnloadable { name: String, reason: String },
     #[error("cannot unload '{name}': {source}")]
@@ -92,7 +110,10 @@ impl StaprunError {
             StaprunError::Insert { exists: true, .. } => {
                 Some("Rerun with staprun option '-R' to rename this module.")
             }
-            StaprunError::Usage(_) => Some("Run 'staprun -h' for usage."),
+            StaprunError::Usage(_) | StaprunError::Unsupported(_) => {
+                Some("Run 'staprun -h' for usage.")
+            }
+
             _ => None,
         }
     }
@@ -103,6 +124,7 @@ impl StaprunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StaprunError::Denied { .. } | StaprunError::NotUnloadable { .. } => 255,
+            StaprunError::Undone { error, .. } => error.exit_code(),
             _ => 1,
         }
     }

@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use stap_common::sys;
 
 use crate::error::StaprunError;
-use crate::policy::{Class, FileKind, ModuleFacts, Placement, Stat};
+use crate::policy::{AclWho, AclWriter, Class, FileKind, ModuleFacts, Placement, Stat};
 
 /// Largest module image we read (real modules are a few MiB).
 pub const MAX_MODULE_BYTES: u64 = 256 << 20;
@@ -53,6 +53,72 @@ pub struct Opened {
     /// may not load from there and it was not opened at all).
     pub file: Option<OwnedFd>,
     pub size: u64,
+    /// For a module in the blessed directory: that directory's fd and the
+    /// module's name there, to check just before the load that the name
+    /// still refers to the file that was read.
+    pub entry: Option<(OwnedFd, OsString)>,
+}
+
+impl Opened {
+    fn unopened(facts: ModuleFacts) -> Opened {
+        Opened {
+            facts,
+            file: None,
+            size: 0,
+            entry: None,
+        }
+    }
+}
+
+/// Whether the module file that was read is still in place: still linked
+/// and, for a blessed-directory module, still the file of that name there.
+pub fn still_in_place(opened: &Opened) -> bool {
+    let Some(file) = &opened.file else {
+        return false;
+    };
+    let Ok(st) = sys::fstat(file.as_fd()) else {
+        return false;
+    };
+    if st.st_nlink == 0 {
+        return false;
+    }
+    match &opened.entry {
+        None => true,
+        Some((dir, name)) => sys::fstatat_nofollow(dir.as_fd(), name)
+            .is_ok_and(|now| (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)),
+    }
+}
+
+/// The named ACL entries of the file behind `fd` that may write to it.
+fn acl_writers_of(fd: BorrowedFd<'_>, shown: &Path) -> io::Result<Vec<AclWriter>> {
+    let Some(x) = sys::posix_acl(fd)? else {
+        return Ok(Vec::new());
+    };
+    let who = crate::policy::acl_writers(&x).map_err(io::Error::other)?;
+    Ok(who
+        .into_iter()
+        .map(|w| AclWriter {
+            path: shown.to_path_buf(),
+            who: w,
+            name: match w {
+                AclWho::User(u) => sys::user_name(u),
+                AclWho::Group(g) => sys::group_name(g),
+            },
+        })
+        .collect())
+}
+
+/// Run `f` with the effective ids `ids` (when given: no capabilities, the
+/// caller's rights only), then root's again.
+fn with_caller_ids<T>(ids: Option<(u32, u32)>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let Some((uid, gid)) = ids else {
+        return f();
+    };
+    let (old_uid, old_gid) = sys::set_effective_ids(uid, gid)?;
+    let r = f();
+    // Back to the ids we had (root's); refuse to go on if that fails.
+    sys::set_effective_ids(old_uid, old_gid)?;
+    r
 }
 
 fn stat_of(fd: BorrowedFd<'_>) -> io::Result<(Stat, u32, (u64, u64), i64)> {
@@ -79,6 +145,7 @@ struct Blessed {
     stat: Stat,
     id: (u64, u64),
     untrusted_ancestor: Option<(PathBuf, Stat)>,
+    acl_writers: Vec<AclWriter>,
 }
 
 /// Walk from `/` to `dir` (absolute) without trusting any symlink that a
@@ -91,6 +158,7 @@ fn walk_to_blessed(dir: &Path) -> io::Result<Option<Blessed>> {
     if !trusted_dir(&st) {
         untrusted = Some((shown.clone(), st));
     }
+    let mut acl = acl_writers_of(cur.as_fd(), &shown)?;
     let mut todo: Vec<OsString> = components(dir);
     todo.reverse();
     let mut hops = 0;
@@ -128,6 +196,7 @@ fn walk_to_blessed(dir: &Path) -> io::Result<Option<Blessed>> {
                 if !last && untrusted.is_none() && !trusted_dir(&st) {
                     untrusted = Some((shown.clone(), st));
                 }
+                acl.extend(acl_writers_of(cur.as_fd(), &shown)?);
             }
             _ => return Ok(None),
         }
@@ -138,6 +207,7 @@ fn walk_to_blessed(dir: &Path) -> io::Result<Option<Blessed>> {
         stat,
         id,
         untrusted_ancestor: untrusted,
+        acl_writers: acl,
     }))
 }
 
@@ -164,11 +234,15 @@ fn reopen_for_read(path_fd: &OwnedFd, id: (u64, u64)) -> io::Result<OwnedFd> {
 }
 
 /// Gather the facts for loading `path` as a caller of `class`.
+///
+/// `lookup_ids`: the file-system ids with which `path` itself (a path the
+/// caller chose) is resolved; `None` resolves it as root.
 pub fn gather(
     path: &Path,
     blessed_dir: &Path,
     class: Class,
     groups: &dyn GroupDb,
+    lookup_ids: Option<(u32, u32)>,
 ) -> Result<Opened, StaprunError> {
     let io_err = |what: &str, e: io::Error| StaprunError::Io {
         what: what.to_string(),
@@ -192,8 +266,13 @@ pub fn gather(
     // For a caller who may load only from the blessed directory, a parent
     // that cannot be opened is just "not there": the answer must not tell
     // whether a path exists in a directory the caller cannot read.
-    let parent_id = match sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
-        .and_then(|fd| stat_of(fd.as_fd()))
+    // The caller's path is resolved with the caller's rights (effective
+    // ids, so no capability either): it reaches nothing (symbolic links,
+    // `..`, /proc magic links, automounts) that the caller could not.
+    let parent_id = match with_caller_ids(lookup_ids, || {
+        sys::open(parent.as_os_str(), libc::O_PATH | libc::O_DIRECTORY)
+    })
+    .and_then(|fd| stat_of(fd.as_fd()))
     {
         Ok((_, _, id, _)) => Some(id),
         Err(_) if !class.may_load_anything() => None,
@@ -215,6 +294,10 @@ pub fn gather(
         kind: FileKind::Other,
         owner_is_stapdev: false,
         stapdev_gid,
+        acl_writers: blessed
+            .as_ref()
+            .map(|b| b.acl_writers.clone())
+            .unwrap_or_default(),
     };
 
     // Open the name as an O_PATH fd: in the blessed directory through its
@@ -227,11 +310,7 @@ pub fn gather(
         if kind == libc::S_IFLNK {
             facts.placement = Placement::SymlinkInBlessedDir;
             if !class.may_load_anything() {
-                return Ok(Opened {
-                    facts,
-                    file: None,
-                    size: 0,
-                });
+                return Ok(Opened::unopened(facts));
             }
             sys::open(path.as_os_str(), libc::O_PATH)
                 .map_err(|e| io_err("cannot open module", e))?
@@ -246,17 +325,17 @@ pub fn gather(
             Placement::NoBlessedDir
         };
         if !class.may_load_anything() {
-            return Ok(Opened {
-                facts,
-                file: None,
-                size: 0,
-            });
+            return Ok(Opened::unopened(facts));
         }
         sys::open(path.as_os_str(), libc::O_PATH).map_err(|e| io_err("cannot open module", e))?
     };
 
     let (st, kind, id, size) =
         stat_of(path_fd.as_fd()).map_err(|e| io_err("cannot stat module", e))?;
+    facts.acl_writers.extend(
+        acl_writers_of(path_fd.as_fd(), path)
+            .map_err(|e| io_err("cannot read the ACL of module", e))?,
+    );
     facts.file = st;
     facts.kind = if kind == libc::S_IFREG {
         FileKind::Regular
@@ -265,11 +344,7 @@ pub fn gather(
     };
     facts.owner_is_stapdev = st.uid != 0 && groups.is_stapdev_member(st.uid);
     if facts.kind != FileKind::Regular {
-        return Ok(Opened {
-            facts,
-            file: None,
-            size: 0,
-        });
+        return Ok(Opened::unopened(facts));
     }
     let size = u64::try_from(size).unwrap_or(0);
     if size > MAX_MODULE_BYTES {
@@ -280,10 +355,15 @@ pub fn gather(
         });
     }
     let file = reopen_for_read(&path_fd, id).map_err(|e| io_err("cannot open module", e))?;
+    let entry = match (facts.placement == Placement::InBlessedDir, blessed) {
+        (true, Some(b)) => Some((b.fd, name.to_os_string())),
+        _ => None,
+    };
     Ok(Opened {
         facts,
         file: Some(file),
         size,
+        entry,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod unload;
 
 pub use error::StaprunError;
 
+use std::io;
 use std::path::PathBuf;
 
 use stap_common::kernel::KernelOps;
@@ -30,7 +31,18 @@ pub struct Context<'a> {
     /// give a temporary tree through this library API only.
     pub blessed_dir: PathBuf,
     pub real_uid: u32,
+    pub real_gid: u32,
     pub class: Class,
+    /// The file-system ids with which a caller-supplied module path is
+    /// resolved: the caller's own for stapusr/stapsys members (so the
+    /// lookup can reach nothing the caller could not), `None` (root's) for
+    /// root and stapdev, who may load from anywhere.
+    pub lookup_ids: Option<(u32, u32)>,
+    /// The privileged window (see [`Window`]).
+    pub window: &'a dyn Window,
+    /// Audit events that must be logged while the operation runs (the
+    /// attempt before `init_module`); main writes them to syslog.
+    pub audit: &'a dyn Fn(&audit::Event<'_>),
     /// Used to make `-R` names unique.
     pub pid: u32,
     /// True once INT/TERM/HUP/QUIT arrived (checked around the load).
@@ -43,3 +55,33 @@ pub struct Context<'a> {
 pub fn blessed_dir_for(release: &str) -> PathBuf {
     PathBuf::from(format!("/lib/modules/{release}/systemtap"))
 }
+
+/// The privileged window: from the permission decision to the privilege
+/// drop, the caller must not be able to signal (stop, kill, interrupt)
+/// staprun. kill(2) is allowed when the sender's uid matches the target's
+/// real or saved uid, so the real uid is made root for the window; it is
+/// the caller's only around `init_module`, because the module records the
+/// real uid of its loader as the owner of its control files.
+pub trait Window {
+    /// Close the window: real uid root from now on.
+    fn close(&self) -> io::Result<()>;
+    /// Run `f` (the `init_module` call) with the caller as real uid, and
+    /// make the real uid root again afterwards.
+    fn init_as_caller(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()>;
+}
+
+/// No credential changes (host tests, and the simulated kernel).
+#[derive(Debug, Default)]
+pub struct NoWindow;
+
+impl Window for NoWindow {
+    fn close(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn init_as_caller(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
+        f()
+    }
+}
+
+/// An audit sink that drops every event (tests).
+pub fn no_audit(_: &audit::Event<'_>) {}

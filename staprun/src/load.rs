@@ -42,7 +42,13 @@ impl std::fmt::Debug for Loaded {
 
 /// The decision alone, without loading anything (also `--explain`).
 pub fn check(ctx: &Context<'_>, path: &Path) -> Result<(Decision, facts::Opened), StaprunError> {
-    let opened = facts::gather(path, &ctx.blessed_dir, ctx.class, ctx.groups)?;
+    let opened = facts::gather(
+        path,
+        &ctx.blessed_dir,
+        ctx.class,
+        ctx.groups,
+        ctx.lookup_ids,
+    )?;
     Ok((decide(ctx.class, &opened.facts), opened))
 }
 
@@ -70,7 +76,10 @@ fn denied(ctx: &Context<'_>, rule: &Rule, opened: &facts::Opened) -> StaprunErro
 }
 
 /// Read the module the decision allowed.
-fn allowed_image(ctx: &Context<'_>, path: &Path) -> Result<(Vec<u8>, Rule), StaprunError> {
+fn allowed_image(
+    ctx: &Context<'_>,
+    path: &Path,
+) -> Result<(Vec<u8>, Rule, facts::Opened), StaprunError> {
     // Nothing is even opened for a caller in no SystemTap group.
     if ctx.class == Class::None {
         let reason = Rule::NotInAnyGroup.explain(&dummy_facts(), ctx.class);
@@ -88,7 +97,8 @@ fn allowed_image(ctx: &Context<'_>, path: &Path) -> Result<(Vec<u8>, Rule), Stap
         path: path.to_path_buf(),
         reason: "the module could not be opened".into(),
     })?;
-    Ok((read_image(fd, opened.size, path)?, rule))
+    let image = read_image(fd, opened.size, path)?;
+    Ok((image, rule, opened))
 }
 
 /// Rename the module in the in-memory image to `<prefix>_<pid>`, keeping
@@ -124,25 +134,41 @@ pub fn rename_image(
     Ok(Some(new))
 }
 
+/// Bytes the kernel's parameter splitter (`next_arg`, with the kernel's
+/// own `isspace`) takes as white space: ASCII space, `\t \n \v \f \r`,
+/// and 0xA0 (Latin-1 no-break space, which occurs inside many UTF-8
+/// characters: `à` is C3 A0).
+pub fn kernel_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0)
+}
+
 /// The parameter string for `init_module`.
 ///
-/// The kernel splits this string at white space (honouring double quotes),
-/// so a value is quoted when it has white space, and a value with a double
-/// quote or a control character is refused: one argument can never become
-/// two parameters (for example `a=1 _stp_bufsize=4095`).
+/// The kernel splits this string at its own white space (see
+/// [`kernel_space`]), honouring double quotes, so every value holding such
+/// a byte is quoted; a value with a double quote or a control character,
+/// and a name that is not a parameter name (ASCII letters, digits, `_`,
+/// `-`), are refused: one argument can never become two parameters (for
+/// example `a=1 _stp_bufsize=4095`, or `a=à_stp_bufsize=4095`).
 pub fn module_params(opts: &Options) -> Result<String, StaprunError> {
     let mut params: Vec<String> = Vec::new();
     for o in &opts.module_options {
         let (name, value) = o.split_once('=').unwrap_or((o.as_str(), ""));
+        let bad = || StaprunError::Usage(stap_common::cli::CliError::BadModuleOption(o.clone()));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(bad());
+        }
         if name.starts_with("_stp_") {
             return Err(StaprunError::ReservedOption(name.to_string()));
         }
         if value.contains('"') || value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(StaprunError::Usage(
-                stap_common::cli::CliError::BadModuleOption(o.clone()),
-            ));
+            return Err(bad());
         }
-        if value.chars().any(char::is_whitespace) {
+        if value.bytes().any(kernel_space) || value.chars().any(char::is_whitespace) {
             params.push(format!("{name}=\"{value}\""));
         } else {
             params.push(o.clone());
@@ -163,8 +189,12 @@ fn load_uprobes(ctx: &Context<'_>, given: Option<&str>) -> Result<(), StaprunErr
         });
     }
     let path = PathBuf::from(given.unwrap_or(DEFAULT_UPROBES));
-    let (image, _) = allowed_image(ctx, &path)?;
-    match ctx.kernel.init_module(&image, "") {
+    let (image, _, _) = allowed_image(ctx, &path)?;
+    ctx.window.close().map_err(StaprunError::Setup)?;
+    match ctx
+        .window
+        .init_as_caller(&mut || ctx.kernel.init_module(&image, ""))
+    {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
         Err(e) => Err(StaprunError::Insert {
@@ -190,17 +220,25 @@ fn dummy_facts() -> crate::policy::ModuleFacts {
         kind: crate::policy::FileKind::Other,
         owner_is_stapdev: false,
         stapdev_gid: None,
+        acl_writers: Vec::new(),
     }
 }
 
 /// Decide, read, load and set up the module named by `opts.module`.
 pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
+    // What stapio would refuse is refused before anything is loaded.
+    if let Some(why) = opts.stapio_refuses() {
+        return Err(StaprunError::Unsupported(why.to_string()));
+    }
     let target = resolve_module(&opts.module, &ctx.blessed_dir)?;
     let params = module_params(opts)?;
     if let Some(u) = &opts.uprobes {
         load_uprobes(ctx, u.as_deref())?;
     }
-    let (mut image, rule) = allowed_image(ctx, &target.path)?;
+    let (mut image, rule, opened) = allowed_image(ctx, &target.path)?;
+    // The decision is made: from here to the privilege drop the caller
+    // cannot signal us.
+    ctx.window.close().map_err(StaprunError::Setup)?;
     let path = target.path.clone();
     let not_module = |detail: String| StaprunError::NotAModule {
         path: path.clone(),
@@ -220,18 +258,56 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
         });
     }
     let sha256 = crate::audit::sha256_hex(&image);
-    if let Err(e) = ctx.kernel.init_module(&image, &params) {
+    let rule_text = format!("{rule:?}");
+    // The attempt is on record before the kernel sees the bytes.
+    (ctx.audit)(&crate::audit::Event::Loading {
+        module: name.as_str(),
+        path: &path,
+        sha256: &sha256,
+        rule: &rule_text,
+    });
+    // A module withdrawn from the blessed directory since the decision is
+    // not loaded.
+    if !facts::still_in_place(&opened) {
+        (ctx.audit)(&crate::audit::Event::LoadFailed {
+            module: name.as_str(),
+            path: &path,
+            error: "removed from the blessed directory before the load",
+        });
+        return Err(StaprunError::RemovedBeforeLoad { path });
+    }
+    drop(opened);
+    let inserted = ctx
+        .window
+        .init_as_caller(&mut || ctx.kernel.init_module(&image, &params));
+    if let Err(e) = inserted {
         let exists = e.raw_os_error() == Some(libc::EEXIST);
+        let text = module_error_text(&e);
+        (ctx.audit)(&crate::audit::Event::LoadFailed {
+            module: name.as_str(),
+            path: &path,
+            error: &text,
+        });
         return Err(StaprunError::Insert {
             path,
-            text: module_error_text(&e),
+            text,
             exists: exists && !opts.rename,
         });
     }
     drop(image);
-    // From here on, any failure unloads the module again.
-    match setup(ctx, opts, &name) {
-        Ok((generation, dir)) if !(ctx.interrupted)() => Ok(Loaded {
+    // From here on, any failure unloads the module again, through the
+    // checks of `staprun -d`.
+    let setup = setup(ctx, opts, &name).and_then(|ok| {
+        if (ctx.interrupted)() {
+            Err(StaprunError::Interrupted {
+                module: name.to_string(),
+            })
+        } else {
+            Ok(ok)
+        }
+    });
+    match setup {
+        Ok((generation, dir)) => Ok(Loaded {
             name,
             generation,
             dir,
@@ -239,16 +315,10 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
             path,
             sha256,
         }),
-        Ok(_) => {
-            let _ = ctx.kernel.delete_module(name.as_str());
-            Err(StaprunError::Interrupted {
-                module: name.to_string(),
-            })
-        }
-        Err(e) => {
-            let _ = ctx.kernel.delete_module(name.as_str());
-            Err(e)
-        }
+        Err(e) => Err(StaprunError::Undone {
+            error: Box::new(e),
+            undo: crate::unload::undo(ctx, &name),
+        }),
     }
 }
 
@@ -274,6 +344,20 @@ fn setup(
         .kernel
         .open_module_dir(name)
         .map_err(after_load(name, "opening its control directory"))?;
+    // The module this process loaded has the caller (the real uid at
+    // init_module) as the owner of its control file. Another one of the
+    // same name (ours unloaded and someone else's loaded meanwhile) does
+    // not get our privileged messages. The control file is opened once
+    // and held for the whole setup.
+    let owner = dir
+        .control_owner()
+        .map_err(after_load(name, "examining its control channel"))?;
+    if owner != ctx.real_uid {
+        return Err(StaprunError::NotOurModule {
+            module: name.to_string(),
+            owner,
+        });
+    }
     let mut ctl = dir
         .open_control()
         .map_err(after_load(name, "opening its control channel"))?;

@@ -2,7 +2,9 @@
 //! This is the only place that prints.
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::{CString, OsString};
+use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,7 @@ use stap_common::sys;
 
 use staprun::creds::{StapGroups, classify};
 use staprun::facts::SystemGroups;
-use staprun::{Context, StaprunError, audit, blessed_dir_for, env, load, unload};
+use staprun::{Context, StaprunError, Window, audit, blessed_dir_for, env, load, unload};
 
 /// stapio's path, fixed at build time (`STAPIO_PATH`); never from the
 /// environment at run time.
@@ -23,6 +25,88 @@ const STAPIO_PATH: &str = match option_env!("STAPIO_PATH") {
     Some(p) => p,
     None => "/usr/libexec/staprun/stapio",
 };
+
+/// Our own path (`STAPRUN_PATH`, as stapio has it): when stapio cannot be
+/// executed, staprun executes itself as `staprun --undo-start MODULE`.
+const STAPRUN_PATH: &str = match option_env!("STAPRUN_PATH") {
+    Some(p) => p,
+    None => "/usr/bin/staprun",
+};
+
+/// `staprun --undo-start MODULE`: `staprun -d MODULE` (the same checks)
+/// for a module whose stapio could not start; exits 1.
+const UNDO_START: &str = "--undo-start";
+
+/// Resource limits that would let the kernel itself kill or stop us in
+/// the window (SIGXCPU/SIGKILL past the CPU limits): lifted for the window,
+/// put back after the privilege drop.
+const WINDOW_LIMITS: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_CPU, libc::RLIMIT_RTTIME];
+
+/// The real privileged window (see [`staprun::Window`]).
+struct RealWindow {
+    caller: u32,
+    closed: Cell<bool>,
+    limits: Cell<[Option<(u64, u64)>; 2]>,
+}
+
+impl RealWindow {
+    fn new(caller: u32) -> Self {
+        RealWindow {
+            caller,
+            closed: Cell::new(false),
+            limits: Cell::new([None; 2]),
+        }
+    }
+
+    /// After the drop: the caller's own CPU limits again (lowering a
+    /// limit needs no privilege).
+    fn restore_limits(&self) -> io::Result<()> {
+        for (res, saved) in WINDOW_LIMITS.iter().zip(self.limits.get()) {
+            if let Some((soft, hard)) = saved {
+                sys::set_rlimit(*res, soft, hard)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Window for RealWindow {
+    fn close(&self) -> io::Result<()> {
+        sys::set_real_uid(0)?;
+        if !self.closed.replace(true) {
+            let mut saved = [None; 2];
+            for (i, res) in WINDOW_LIMITS.iter().enumerate() {
+                let old = sys::get_rlimit(*res)?;
+                sys::set_rlimit(*res, libc::RLIM_INFINITY, libc::RLIM_INFINITY)?;
+                saved[i] = Some(old);
+            }
+            self.limits.set(saved);
+        }
+        Ok(())
+    }
+
+    fn init_as_caller(&self, f: &mut dyn FnMut() -> io::Result<()>) -> io::Result<()> {
+        sys::set_real_uid(self.caller)?;
+        let r = f();
+        // Out of the caller's reach again before anything else; a process
+        // that cannot do that must not go on.
+        if let Err(e) = sys::set_real_uid(0) {
+            eprintln!("staprun: ERROR: cannot make the real uid root again: {e}");
+            std::process::abort();
+        }
+        r
+    }
+}
+
+fn audit_sink<'a>(who: &'a str) -> impl Fn(&audit::Event<'_>) + 'a {
+    move |e: &audit::Event<'_>| {
+        let prio = match e {
+            audit::Event::Loading { .. } => libc::LOG_NOTICE,
+            audit::Event::LoadFailed { .. } => libc::LOG_WARNING,
+        };
+        sys::syslog_authpriv(prio, &audit::event_line(who, e));
+    }
+}
 
 const TERM_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
@@ -34,10 +118,11 @@ fn main() {
     sys::clear_environment();
     let hygiene = sys::ensure_std_fds()
         .and_then(|()| sys::cloexec_from_3())
-        .and_then(|()| sys::unblock_all_signals())
-        // Signals that would end us during a load are held, and looked
-        // at around the load (a pending one unloads and exits).
-        .and_then(|()| sys::mask_signals(&TERM_SIGNALS, true))
+        // Every signal is held (SIGKILL and SIGSTOP cannot be; the
+        // privileged window keeps the caller from sending them). A pending
+        // INT/TERM/HUP/QUIT is looked at around the load (it unloads and
+        // exits); the mask is set back before stapio runs.
+        .and_then(|()| sys::block_all_signals())
         .and_then(|()| sys::set_signal(libc::SIGPIPE, sys::Disposition::Ignore))
         .and_then(|()| sys::set_signal(libc::SIGUSR2, sys::Disposition::Ignore))
         // A writer opening the module breaks our read lease with SIGIO.
@@ -73,6 +158,9 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     if args.first().is_some_and(|a| a == "--explain") {
         return explain(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == UNDO_START) {
+        return undo_start(&args[1..]);
+    }
     let opts = cli::parse(Program::Staprun, &args)?;
     if opts.help {
         let help = cli::command(Program::Staprun).render_help();
@@ -97,20 +185,30 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     let (ids, class, release) = caller()?;
     let kernel = LinuxKernel;
     let sysgroups = SystemGroups;
+    let uname = sys::user_name(ids.ruid);
+    let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
+    let window = RealWindow::new(ids.ruid);
+    let sink = audit_sink(&who);
     let ctx = Context {
         kernel: &kernel,
         groups: &sysgroups,
         blessed_dir: blessed_dir_for(&release),
         real_uid: ids.ruid,
+        real_gid: ids.rgid,
         class,
+        lookup_ids: lookup_ids(&ids, class),
+        window: &window,
+        audit: &sink,
         pid: std::process::id(),
         interrupted: &interrupted,
         warn: &warn,
     };
 
-    let uname = sys::user_name(ids.ruid);
-    let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
     if opts.delete {
+        // Checked and done out of the caller's reach: stopped between the
+        // checks and delete_module, a -d could be aimed at a module of
+        // the same name loaded meanwhile.
+        window.close().map_err(StaprunError::Setup)?;
         let gone = unload::unload(&ctx, module_name.as_ref().map_or("*", ModName::as_str))?;
         for m in gone {
             sys::syslog_authpriv(libc::LOG_NOTICE, &audit::unload_line(&who, &m));
@@ -120,9 +218,17 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     let stapio = check_stapio(Path::new(STAPIO_PATH))?;
     let (name, dir) = if opts.attach {
         let name = module_name.ok_or(StaprunError::BadName("'*' is only for -d".into()))?;
+        if let Some(why) = opts.stapio_refuses() {
+            return Err(StaprunError::Unsupported(why.to_string()));
+        }
         let dir = load::attach(&ctx, &name)?;
+        window.close().map_err(StaprunError::Setup)?;
         (name, dir)
     } else {
+        // As the C staprun: no module is loaded in FIPS mode.
+        if sys::fips_enabled() {
+            return Err(StaprunError::Fips);
+        }
         let loaded = match load::load(&ctx, &opts) {
             Ok(l) => l,
             Err(e) => {
@@ -143,8 +249,56 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
         sys::syslog_authpriv(libc::LOG_NOTICE, &line);
         (loaded.name, loaded.dir)
     };
-    let err = hand_over(&ctx, &opts, &name, dir.as_ref(), &stapio, captured, ids);
+    let err = hand_over(&ctx, &window, &opts, &name, dir, &stapio, captured, ids);
     Err(err)
+}
+
+/// File-system ids for resolving the caller's module path: the caller's
+/// own unless root or stapdev (who may load from anywhere).
+fn lookup_ids(ids: &sys::Ids, class: staprun::policy::Class) -> Option<(u32, u32)> {
+    (!class.may_load_anything()).then_some((ids.ruid, ids.rgid))
+}
+
+/// `staprun --undo-start MODULE`, executed by stapio (or by staprun
+/// itself) when stapio could not start: unload MODULE through the checks
+/// of `staprun -d`, log it, and fail.
+fn undo_start(args: &[OsString]) -> Result<i32, StaprunError> {
+    let [module] = args else {
+        return Err(StaprunError::Usage(cli::CliError::Clap(format!(
+            "usage: staprun {UNDO_START} MODULE"
+        ))));
+    };
+    let module = module
+        .to_str()
+        .ok_or_else(|| cli::CliError::NotUtf8(module.clone()))?;
+    let name = ModName::new(module).map_err(|e| StaprunError::BadName(e.to_string()))?;
+    let (ids, class, release) = caller()?;
+    let kernel = LinuxKernel;
+    let sysgroups = SystemGroups;
+    let uname = sys::user_name(ids.ruid);
+    let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
+    let window = RealWindow::new(ids.ruid);
+    let sink = audit_sink(&who);
+    let ctx = Context {
+        kernel: &kernel,
+        groups: &sysgroups,
+        blessed_dir: blessed_dir_for(&release),
+        real_uid: ids.ruid,
+        real_gid: ids.rgid,
+        class,
+        lookup_ids: lookup_ids(&ids, class),
+        window: &window,
+        audit: &sink,
+        pid: std::process::id(),
+        interrupted: &interrupted,
+        warn: &warn,
+    };
+    window.close().map_err(StaprunError::Setup)?;
+    unload::unload(&ctx, name.as_str())?;
+    sys::syslog_authpriv(libc::LOG_NOTICE, &audit::undo_line(&who, name.as_str()));
+    Err(StaprunError::StartFailed {
+        module: name.to_string(),
+    })
 }
 
 /// Who is calling: the ids (effective root is required), the privilege
@@ -188,6 +342,10 @@ fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
         groups: &sysgroups,
         blessed_dir: blessed,
         real_uid: ids.ruid,
+        real_gid: ids.rgid,
+        lookup_ids: lookup_ids(&ids, class),
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
         class,
         pid: std::process::id(),
         interrupted: &interrupted,
@@ -224,12 +382,16 @@ fn check_stapio(path: &Path) -> Result<PathBuf, StaprunError> {
 }
 
 /// Drop privilege for good and exec stapio with the module directory fd.
-/// Returns only on failure.
+/// Returns only on failure. A failure before the drop unloads the module
+/// (through the `-d` checks); after the drop, when stapio cannot be
+/// executed, staprun executes itself as `staprun --undo-start MODULE`.
+#[allow(clippy::too_many_arguments)]
 fn hand_over(
     ctx: &Context<'_>,
+    window: &RealWindow,
     opts: &Options,
     name: &ModName,
-    dir: &dyn ModuleDir,
+    dir: Box<dyn ModuleDir>,
     stapio: &Path,
     captured: Vec<(String, String)>,
     ids: sys::Ids,
@@ -237,14 +399,19 @@ fn hand_over(
     let loaded_by_us = !opts.attach;
     let undo = |e: StaprunError| {
         if loaded_by_us {
-            let _ = ctx.kernel.delete_module(name.as_str());
+            StaprunError::Undone {
+                error: Box::new(e),
+                undo: unload::undo(ctx, name),
+            }
+        } else {
+            e
         }
-        e
     };
     let fd = dir.raw_fd();
     if let Some(fd) = fd
         && let Err(e) = sys::set_cloexec(fd, false)
     {
+        drop(dir);
         return undo(StaprunError::Setup(e));
     }
     let mut argv = vec![stapio.as_os_str().to_os_string()];
@@ -263,20 +430,55 @@ fn hand_over(
         .map(|(k, v)| to_c(OsString::from(format!("{k}={v}"))))
         .collect();
     let path = to_c(stapio.as_os_str().to_os_string());
+    let undo_path = to_c(OsString::from(STAPRUN_PATH));
+    let undo_argv = [
+        to_c(OsString::from(STAPRUN_PATH)),
+        to_c(OsString::from(UNDO_START)),
+        to_c(OsString::from(name.as_str())),
+    ];
 
     if interrupted() {
+        drop(dir);
         return undo(StaprunError::Interrupted {
             module: name.to_string(),
         });
     }
+    // Going back to the caller's real uid counts the caller's processes
+    // against RLIMIT_NPROC, and over it the kernel fails the next execve
+    // (of stapio, and of staprun to undo the load). The limit is lifted
+    // for the drop and put back at once: stapio then runs under it, and
+    // its own failure to start can still undo the load.
+    let nproc = sys::get_rlimit(libc::RLIMIT_NPROC);
+    let lifted = nproc.as_ref().is_ok_and(|_| {
+        sys::set_rlimit(libc::RLIMIT_NPROC, libc::RLIM_INFINITY, libc::RLIM_INFINITY).is_ok()
+    });
     if let Err(e) = sys::drop_privileges_for_good(ids.ruid, ids.rgid) {
+        drop(dir);
         return undo(StaprunError::Drop(e));
     }
-    // Signals still held are delivered to stapio once it has set up its
-    // handlers; it unblocks them.
+    if let (true, Ok((soft, hard))) = (lifted, nproc) {
+        let _ = sys::set_rlimit(libc::RLIMIT_NPROC, soft, hard);
+    }
+    let _ = window.restore_limits();
+    // stapio unblocks the terminating signals once its handlers are set;
+    // everything else is delivered normally again.
+    let _ = sys::set_signal_mask(&TERM_SIGNALS);
     let e = sys::execve(&path, &argv, &envp);
-    StaprunError::Exec {
+    let exec = StaprunError::Exec {
         path: stapio.to_path_buf(),
         source: e,
+    };
+    if !loaded_by_us {
+        return exec;
+    }
+    eprintln!("staprun: ERROR: {exec}");
+    drop(dir);
+    let e2 = sys::execve(&undo_path, &undo_argv, &[]);
+    StaprunError::Undone {
+        error: Box::new(StaprunError::Exec {
+            path: PathBuf::from(STAPRUN_PATH),
+            source: e2,
+        }),
+        undo: format!("module '{name}' was left loaded; unload it with 'staprun -d {name}'"),
     }
 }

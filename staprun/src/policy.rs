@@ -74,6 +74,59 @@ pub enum Placement {
     NoBlessedDir,
 }
 
+/// Who a POSIX ACL entry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclWho {
+    User(u32),
+    Group(u32),
+}
+
+/// A named entry of an access ACL whose effective permissions (its own,
+/// limited by the ACL mask) include write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclWriter {
+    pub path: PathBuf,
+    pub who: AclWho,
+    /// The user or group name, for messages.
+    pub name: Option<String>,
+}
+
+/// The named entries that may write, from a `system.posix_acl_access`
+/// value (version 2: a 4-byte header, then 8-byte entries `tag: u16,
+/// perm: u16, id: u32`, little-endian). With named entries, the mode's
+/// group bits are the mask, so these are what the mode does not show.
+pub fn acl_writers(xattr: &[u8]) -> Result<Vec<AclWho>, &'static str> {
+    const USER: u16 = 0x02;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    let Some((head, body)) = xattr.split_first_chunk::<4>() else {
+        return Err("truncated ACL");
+    };
+    if u32::from_le_bytes(*head) != 2 || body.len() % 8 != 0 {
+        return Err("unknown ACL format");
+    }
+    let entries: Vec<(u16, u16, u32)> = body
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect();
+    let mask = entries.iter().find(|e| e.0 == MASK).map_or(0o7, |e| e.1);
+    Ok(entries
+        .iter()
+        .filter(|&&(_, perm, _)| perm & mask & 0o2 != 0)
+        .filter_map(|&(tag, _, id)| match tag {
+            USER => Some(AclWho::User(id)),
+            GROUP => Some(AclWho::Group(id)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Everything the policy needs to know about one load request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleFacts {
@@ -92,6 +145,9 @@ pub struct ModuleFacts {
     pub owner_is_stapdev: bool,
     /// stapdev's gid, if the group exists.
     pub stapdev_gid: Option<u32>,
+    /// Named ACL entries granting write on the directories on the way to
+    /// the blessed directory, on it, or on the module.
+    pub acl_writers: Vec<AclWriter>,
 }
 
 /// The rule that decided.
@@ -114,6 +170,7 @@ pub enum Rule {
     FileGroupWritable { gid: u32 },
     FileOwner { uid: u32 },
     UprobesNeedsStapdev,
+    AclGrantsWrite { path: PathBuf, who: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +222,10 @@ impl Rule {
                 "{path} is owned by uid {uid}; it must be owned by root, or by a stapdev member in a root:stapdev directory"
             ),
             Rule::UprobesNeedsStapdev => "only root and stapdev may load uprobes.ko (-u)".into(),
+            Rule::AclGrantsWrite { path: p, who } => format!(
+                "{} has a POSIX ACL that lets {who} write to it; only root and the stapdev group may",
+                p.display()
+            ),
         }
     }
 }
@@ -226,12 +287,96 @@ pub fn decide(class: Class, f: &ModuleFacts) -> Decision {
             return Deny(Rule::FileOwner { uid: m.uid });
         }
     }
+    let stranger = f.acl_writers.iter().find(|w| match w.who {
+        AclWho::User(uid) => uid != 0,
+        AclWho::Group(gid) => !group_ok(gid),
+    });
+    if let Some(w) = stranger {
+        let (kind, id) = match w.who {
+            AclWho::User(u) => ("user", u),
+            AclWho::Group(g) => ("group", g),
+        };
+        let who = match &w.name {
+            Some(n) => format!("{kind} {n} ({id})"),
+            None => format!("{kind} {id}"),
+        };
+        return Deny(Rule::AclGrantsWrite {
+            path: w.path.clone(),
+            who,
+        });
+    }
     Allow(Rule::BlessedModule)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (t, p, id) in entries {
+            v.extend_from_slice(&t.to_le_bytes());
+            v.extend_from_slice(&p.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn acl_writers_are_named_entries_with_effective_write() {
+        const U: u32 = u32::MAX;
+        // owner rwx, user 1001 rwx, group-obj r-x, group 158 rw-, mask rwx, other r-x
+        let x = acl(&[
+            (0x01, 7, U),
+            (0x02, 7, 1001),
+            (0x04, 5, U),
+            (0x08, 6, 158),
+            (0x10, 7, U),
+            (0x20, 5, U),
+        ]);
+        assert_eq!(
+            acl_writers(&x),
+            Ok(vec![AclWho::User(1001), AclWho::Group(158)])
+        );
+        // The mask takes write away from every named entry.
+        let x = acl(&[(0x01, 7, U), (0x02, 7, 1001), (0x04, 5, U), (0x10, 5, U)]);
+        assert_eq!(acl_writers(&x), Ok(vec![]));
+        // Read-only grants are no writers.
+        let x = acl(&[(0x01, 7, U), (0x02, 4, 1001), (0x10, 7, U)]);
+        assert_eq!(acl_writers(&x), Ok(vec![]));
+        assert!(acl_writers(&[1, 0, 0, 0]).is_err());
+        assert!(acl_writers(&[2, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn an_acl_writer_other_than_root_or_stapdev_is_refused() {
+        let mut f = facts();
+        f.acl_writers = vec![AclWriter {
+            path: f.blessed_dir.clone(),
+            who: AclWho::Group(STAPDEV),
+            name: Some("stapdev".into()),
+        }];
+        assert_eq!(
+            decide(Class::Stapusr, &f),
+            Decision::Allow(Rule::BlessedModule)
+        );
+        f.acl_writers.push(AclWriter {
+            path: f.path.clone(),
+            who: AclWho::User(1001),
+            name: Some("alice".into()),
+        });
+        let d = decide(Class::Stapusr, &f);
+        let Decision::Deny(r) = d else {
+            panic!("allowed: {d:?}")
+        };
+        let text = r.explain(&f, Class::Stapusr);
+        assert!(
+            text.contains("ACL") && text.contains("user alice (1001)"),
+            "{text}"
+        );
+        // root and stapdev load whatever the ACLs say.
+        assert!(matches!(decide(Class::Stapdev, &f), Decision::Allow(_)));
+    }
 
     const STAPDEV: u32 = 158;
 
@@ -254,6 +399,7 @@ mod tests {
             kind: FileKind::Regular,
             owner_is_stapdev: false,
             stapdev_gid: Some(STAPDEV),
+            acl_writers: Vec::new(),
         }
     }
 

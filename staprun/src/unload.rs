@@ -28,6 +28,16 @@ pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError
     Ok(vec![name.to_string()])
 }
 
+/// Undo a load of this staprun's after a failure: through the very checks
+/// of `staprun -d` (the caller's own module, nobody attached), never by
+/// name alone. Returns what happened, in words, for the error message.
+pub fn undo(ctx: &Context<'_>, name: &ModName) -> String {
+    match unload_one(ctx, name) {
+        Ok(()) => "it has been unloaded".into(),
+        Err(e) => format!("it was left loaded ({e})"),
+    }
+}
+
 fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
     let refuse = |reason: &str| StaprunError::NotUnloadable {
         name: name.to_string(),
@@ -41,8 +51,17 @@ fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
     let dir = ctx.kernel.open_module_dir(name).map_err(|_| {
         refuse("it has no SystemTap control directory (not a SystemTap module, or not loaded)")
     })?;
+    // The C rule (may the real user open .cmd read-write?), and, since the
+    // real uid is root inside the privileged window, the owner of .cmd
+    // compared with the caller's uid itself.
     dir.real_user_may_use_control()
         .map_err(|_| refuse("its control channel belongs to another user"))?;
+    let owner = dir
+        .control_owner()
+        .map_err(|e| refuse(&format!("its control channel cannot be examined ({e})")))?;
+    if ctx.real_uid != 0 && owner != ctx.real_uid {
+        return Err(refuse("its control channel belongs to another user"));
+    }
     match dir.open_control() {
         Ok(c) => drop(c),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {

@@ -127,6 +127,10 @@ impl Run {
             groups: &Groups,
             blessed_dir: tree.blessed(),
             real_uid: uid,
+            real_gid: 0,
+            lookup_ids: None,
+            window: &staprun::NoWindow,
+            audit: &staprun::no_audit,
             class,
             pid: 4242,
             interrupted: &no,
@@ -142,6 +146,10 @@ impl Run {
             groups: &Groups,
             blessed_dir: PathBuf::from("/nonexistent"),
             real_uid: uid,
+            real_gid: 0,
+            lookup_ids: None,
+            window: &staprun::NoWindow,
+            audit: &staprun::no_audit,
             class,
             pid: 1,
             interrupted: &no,
@@ -305,6 +313,10 @@ fn explain_agrees_with_load_on_every_row() {
                 groups: &Groups,
                 blessed_dir: tree.blessed(),
                 real_uid: uid,
+                real_gid: 0,
+                lookup_ids: None,
+                window: &staprun::NoWindow,
+                audit: &staprun::no_audit,
                 class,
                 pid: 1,
                 interrupted: &no,
@@ -581,7 +593,9 @@ fn load_errors_leave_nothing_loaded() {
         assert!(e.to_string().starts_with("Couldn't insert module"), "{e}");
         assert!(run.kernel.loaded().is_empty());
     }
-    // A failure after the load (control channel busy) unloads again.
+    // A failure after the load is undone through the checks of -d, never
+    // by name alone: a control channel someone holds (EBUSY) means a
+    // stapio is attached, and that module is left alone.
     let tree = Tree::new();
     tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
     let run = Run::new();
@@ -590,8 +604,9 @@ fn load_errors_leave_nothing_loaded() {
         ..Faults::default()
     });
     let e = run.load(&tree, Class::Root, 0, &["pmod"]).unwrap_err();
-    assert!(e.to_string().contains("has been unloaded"), "{e}");
-    assert!(run.kernel.loaded().is_empty());
+    assert!(e.to_string().contains("it was left loaded"), "{e}");
+    assert!(e.to_string().contains("a stapio is attached"), "{e}");
+    assert_eq!(run.kernel.loaded(), ["pmod"]);
     // Not an ELF file: refused before any load.
     let p = tree.blessed().join("junk.ko");
     fs::write(&p, b"not a module").unwrap();
@@ -607,6 +622,7 @@ fn interrupted_load_leaves_nothing() {
     let tree = Tree::new();
     tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
     let kernel = SimKernel::new(1);
+    kernel.set_caller(ALICE, 0);
     let calls = std::cell::Cell::new(0);
     // The signal arrives after the load, during setup.
     let interrupted = || {
@@ -619,6 +635,10 @@ fn interrupted_load_leaves_nothing() {
         groups: &Groups,
         blessed_dir: tree.blessed(),
         real_uid: ALICE,
+        real_gid: 0,
+        lookup_ids: None,
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
         class: Class::Stapusr,
         pid: 1,
         interrupted: &interrupted,
@@ -626,7 +646,11 @@ fn interrupted_load_leaves_nothing() {
     };
     let opts = cli::parse(Program::Staprun, &[OsString::from("pmod")]).unwrap();
     let e = load::load(&ctx, &opts).unwrap_err();
-    assert!(matches!(e, StaprunError::Interrupted { .. }), "{e}");
+    assert!(
+        matches!(&e, StaprunError::Undone { error, undo }
+            if matches!(**error, StaprunError::Interrupted { .. }) && undo == "it has been unloaded"),
+        "{e}"
+    );
     assert!(
         kernel
             .events()
@@ -634,6 +658,51 @@ fn interrupted_load_leaves_nothing() {
             .any(|e| matches!(e, Event::Loaded { .. }))
     );
     assert!(!kernel.is_loaded("pmod"));
+}
+
+/// Between staprun's load and its setup, the module of that name became
+/// someone else's (ours unloaded, another user's loaded): the simulated
+/// kernel records the loader as BOB while the caller is ALICE. No
+/// privileged message goes to it and the undo, through the checks of -d,
+/// leaves it loaded.
+#[test]
+fn a_module_that_is_not_ours_gets_nothing_and_stays() {
+    let tree = Tree::new();
+    tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
+    let kernel = SimKernel::new(1);
+    kernel.set_caller(BOB, 0);
+    let no = || false;
+    let warn = |_: &str| {};
+    let ctx = Context {
+        kernel: &kernel,
+        groups: &Groups,
+        blessed_dir: tree.blessed(),
+        real_uid: ALICE,
+        real_gid: 0,
+        lookup_ids: None,
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
+        class: Class::Stapusr,
+        pid: 1,
+        interrupted: &no,
+        warn: &warn,
+    };
+    let opts = cli::parse(Program::Staprun, &[OsString::from("pmod")]).unwrap();
+    let e = load::load(&ctx, &opts).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("belongs to uid") && text.contains("it was left loaded"),
+        "{text}"
+    );
+    assert!(kernel.is_loaded("pmod"));
+    assert!(
+        !kernel
+            .events()
+            .iter()
+            .any(|e| matches!(e, Event::Request { .. } | Event::RequestRejected { .. })),
+        "{:?}",
+        kernel.events()
+    );
 }
 
 #[test]
@@ -696,6 +765,10 @@ fn attach_rule() {
         groups: &Groups,
         blessed_dir: tree.blessed(),
         real_uid: uid,
+        real_gid: 0,
+        lookup_ids: None,
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
         class,
         pid: 1,
         interrupted: &no,

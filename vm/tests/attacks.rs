@@ -18,6 +18,15 @@ const SCENARIOS: &[&str] = &[
     "attack_module_paths",
     "attack_process_state",
     "attack_faults",
+    // Security round 2 (issue 12), one per item.
+    "attack_r2_1_privileged_window",
+    "attack_r2_2_caller_path",
+    "attack_r2_3_audit_before_load",
+    "attack_r2_4_param_split",
+    "attack_r2_5_acl",
+    "attack_r2_6_large_groups",
+    "attack_r2_7_failed_start",
+    "attack_r2_8_small_items",
 ];
 
 fn main() {

@@ -244,6 +244,10 @@ impl ModuleDir for LinuxModuleDir {
         sys::access_rw_as_real_user(self.fd.as_fd(), OsStr::new(".cmd"))
     }
 
+    fn control_owner(&self) -> io::Result<u32> {
+        sys::fstatat_nofollow(self.fd.as_fd(), OsStr::new(".cmd")).map(|st| st.st_uid)
+    }
+
     fn open_control(&self) -> io::Result<Box<dyn Control>> {
         let fd = sys::openat(
             self.fd.as_fd(),

@@ -452,6 +452,14 @@ impl ModuleDir for SimDir {
         }
     }
 
+    fn control_owner(&self) -> io::Result<u32> {
+        let s = self.k.lock();
+        s.modules
+            .get(&self.name)
+            .map(|m| m.owner)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
     fn open_control(&self) -> io::Result<Box<dyn Control>> {
         let mut s = self.k.lock();
         let busy = s.faults.control_busy;

@@ -190,6 +190,9 @@ impl ModuleDir for BulkDir {
     fn real_user_may_use_control(&self) -> std::io::Result<()> {
         self.0.real_user_may_use_control()
     }
+    fn control_owner(&self) -> std::io::Result<u32> {
+        self.0.control_owner()
+    }
     fn open_control(&self) -> std::io::Result<Box<dyn Control>> {
         Ok(Box::new(BulkControl(self.0.open_control()?)))
     }

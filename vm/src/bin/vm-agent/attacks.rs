@@ -45,11 +45,11 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("attack_faults", faults),
 ];
 
-const STAPRUN: &str = "/usr/bin/staprun";
-const STAPIO: &str = "/usr/libexec/staprun/stapio";
-const HELLO: &str = "pmod: hello from begin";
-const END: &str = "pmod: end";
-const RUN: Duration = Duration::from_secs(60);
+pub(crate) const STAPRUN: &str = "/usr/bin/staprun";
+pub(crate) const STAPIO: &str = "/usr/libexec/staprun/stapio";
+pub(crate) const HELLO: &str = "pmod: hello from begin";
+pub(crate) const END: &str = "pmod: end";
+pub(crate) const RUN: Duration = Duration::from_secs(60);
 /// The module an attacker wants loaded: a fixture with a name of its own.
 const EVIL: &str = "fixture_b";
 /// Kernel log texts that mean the kernel was hurt.
@@ -64,7 +64,7 @@ const KERNEL_TROUBLE: &[&str] = &[
 
 // ---- raw system calls (all `unsafe` of this file) ----------------------
 
-mod raw {
+pub(crate) mod raw {
     use std::ffi::c_void;
     use std::io;
     use std::ptr;
@@ -213,7 +213,10 @@ pub fn helper(args: &[String]) -> i32 {
         ["traceme", argv @ ..] if !argv.is_empty() => return traceme(argv),
         ["nnp", argv @ ..] if !argv.is_empty() => nnp(argv),
         ["close-fd", pid, fd] => close_fd(pid, fd),
-        _ => Err(format!("unknown attack helper {a:?}")),
+        _ => match crate::attacks_r2::helper(&a) {
+            Some(code) => return code,
+            None => Err(format!("unknown attack helper {a:?}")),
+        },
     };
     match res {
         Ok(()) => 0,
@@ -316,7 +319,7 @@ fn rewrite(file: &str, x: &str, y: &str, ms: &str, mode: &str) -> Result<(), Str
     Ok(())
 }
 
-fn proc_uids(pid: u32) -> Vec<u32> {
+pub(crate) fn proc_uids(pid: u32) -> Vec<u32> {
     util::proc_status(pid)
         .into_iter()
         .find(|(k, _)| k == "Uid")
@@ -328,17 +331,17 @@ fn proc_uids(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn join(v: &[u32]) -> String {
+pub(crate) fn join(v: &[u32]) -> String {
     v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn comm(pid: u32) -> String {
+pub(crate) fn comm(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
 
-fn proc_state(pid: u32) -> char {
+pub(crate) fn proc_state(pid: u32) -> char {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -381,7 +384,7 @@ impl AttachStats {
     }
 }
 
-fn exit_code(st: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(st: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt as _;
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
@@ -563,7 +566,7 @@ fn close_fd(pid: &str, fd: &str) -> Result<(), String> {
 
 // ---- infrastructure ----------------------------------------------------
 
-fn installed(r: &mut Reporter) -> bool {
+pub(crate) fn installed(r: &mut Reporter) -> bool {
     let a = r.check_eq(
         "staprun_installed_04110_root_stapusr",
         util::stat(STAPRUN),
@@ -577,18 +580,18 @@ fn installed(r: &mut Reporter) -> bool {
     a && b
 }
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     fs::read(Path::new(FIXTURES).join(format!("{name}.ko"))).unwrap_or_default()
 }
 
-fn put(path: impl AsRef<Path>, bytes: &[u8], mode: u32, owner: &User) -> io::Result<()> {
+pub(crate) fn put(path: impl AsRef<Path>, bytes: &[u8], mode: u32, owner: &User) -> io::Result<()> {
     let path = path.as_ref();
     fs::write(path, bytes)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     chown(path, Some(owner.uid), Some(owner.gid))
 }
 
-fn mkdir(path: impl AsRef<Path>, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+pub(crate) fn mkdir(path: impl AsRef<Path>, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
     let path = path.as_ref();
     fs::create_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
@@ -596,51 +599,56 @@ fn mkdir(path: impl AsRef<Path>, mode: u32, uid: u32, gid: u32) -> io::Result<()
 }
 
 /// Root-owned 0644 copy of fixture `name` in the blessed directory.
-fn publish(name: &str) -> PathBuf {
+pub(crate) fn publish(name: &str) -> PathBuf {
     let p = blessed_dir().join(format!("{name}.ko"));
     let _ = put(&p, &fixture(name), 0o644, &ROOT);
     p
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn staprun_os(user: &User, args: &[&OsStr], env: &[(&str, &str)], timeout: Duration) -> Out {
+pub(crate) fn staprun_os(
+    user: &User,
+    args: &[&OsStr],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Out {
     let mut cmd = command_as(user, &[STAPRUN], env);
     cmd.args(args);
     run(cmd, timeout)
 }
 
-fn sr_env(user: &User, args: &[&str], env: &[(&str, &str)]) -> Out {
+pub(crate) fn sr_env(user: &User, args: &[&str], env: &[(&str, &str)]) -> Out {
     let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     staprun_os(user, &a, env, RUN)
 }
 
-fn sr(user: &User, args: &[&str]) -> Out {
+pub(crate) fn sr(user: &User, args: &[&str]) -> Out {
     sr_env(user, args, &[])
 }
 
 /// `/bin/sh -c SCRIPT` as `user`.
-fn sh(user: &User, script: &str) -> Out {
+pub(crate) fn sh(user: &User, script: &str) -> Out {
     run(command_as(user, &["/bin/sh", "-c", script], &[]), RUN)
 }
 
-fn helper_cmd(user: &User, args: &[&str]) -> Command {
+pub(crate) fn helper_cmd(user: &User, args: &[&str]) -> Command {
     let mut argv = vec!["/init", "--attack"];
     argv.extend_from_slice(args);
     command_as(user, &argv, &[])
 }
 
-fn helper_run(user: &User, args: &[&str]) -> Out {
+pub(crate) fn helper_run(user: &User, args: &[&str]) -> Out {
     run(helper_cmd(user, args), RUN)
 }
 
 /// `key=value` from the helper's `RESULT ...` line.
-fn result_field(out: &Out, key: &str) -> Option<String> {
+pub(crate) fn result_field(out: &Out, key: &str) -> Option<String> {
     let line = out
         .stdout
         .lines()
@@ -651,20 +659,20 @@ fn result_field(out: &Out, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn result_num(out: &Out, key: &str) -> u64 {
+pub(crate) fn result_num(out: &Out, key: &str) -> u64 {
     result_field(out, key)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
 /// A complete run of the fixture: exit 0, begin and end output.
-fn full_run(out: &Out) -> bool {
+pub(crate) fn full_run(out: &Out) -> bool {
     out.code == Some(0) && out.stdout.contains(HELLO) && out.stdout.contains(END)
 }
 
 /// A clean refusal: a non-zero exit (not a signal, not a hang), an error
 /// message, and no script output.
-fn refused(out: &Out) -> bool {
+pub(crate) fn refused(out: &Out) -> bool {
     out.code.is_some_and(|c| c != 0)
         && !out.timed_out
         && !out.stdout.contains(HELLO)
@@ -672,7 +680,7 @@ fn refused(out: &Out) -> bool {
         && !out.stderr.contains("panicked")
 }
 
-fn fixtures_loaded() -> Vec<String> {
+pub(crate) fn fixtures_loaded() -> Vec<String> {
     util::loaded_modules()
         .into_iter()
         .filter(|m| crate::FIXTURE_MODULES.contains(&m.as_str()))
@@ -680,7 +688,7 @@ fn fixtures_loaded() -> Vec<String> {
 }
 
 /// No fixture module (but those in `keep`) is loaded; unloads any found.
-fn check_nothing_loaded(r: &mut Reporter, tag: &str, keep: &[&str]) -> bool {
+pub(crate) fn check_nothing_loaded(r: &mut Reporter, tag: &str, keep: &[&str]) -> bool {
     let left: Vec<String> = fixtures_loaded()
         .into_iter()
         .filter(|m| !keep.contains(&m.as_str()))
@@ -696,7 +704,7 @@ fn check_nothing_loaded(r: &mut Reporter, tag: &str, keep: &[&str]) -> bool {
     ok
 }
 
-fn unload_all_fixtures() {
+pub(crate) fn unload_all_fixtures() {
     for m in fixtures_loaded() {
         let _ = rmmod(&m);
     }
@@ -813,7 +821,7 @@ impl Watch {
 /// the agent binds once per boot.
 static SYSLOG: OnceLock<Option<Arc<Mutex<Vec<String>>>>> = OnceLock::new();
 
-fn syslog_start(r: &mut Reporter) -> bool {
+pub(crate) fn syslog_start(r: &mut Reporter) -> bool {
     let got = SYSLOG.get_or_init(|| {
         let _ = fs::remove_file("/dev/log");
         let sock = UnixDatagram::bind("/dev/log").ok()?;
@@ -833,7 +841,7 @@ fn syslog_start(r: &mut Reporter) -> bool {
     r.check("syslog_listener", got.is_some(), "/dev/log bound")
 }
 
-fn syslog_lines() -> Vec<String> {
+pub(crate) fn syslog_lines() -> Vec<String> {
     // Datagrams already sent are queued; give the reader a moment.
     std::thread::sleep(Duration::from_millis(50));
     SYSLOG
@@ -918,7 +926,7 @@ impl Rng {
     }
 }
 
-fn log_out(r: &mut Reporter, prompt: &str, out: &Out) {
+pub(crate) fn log_out(r: &mut Reporter, prompt: &str, out: &Out) {
     r.log(&format!(
         "{prompt} -> code {:?} signal {:?}{}",
         out.code,

@@ -6,6 +6,7 @@
 //! module is left loaded, and powers off.
 
 mod attacks;
+mod attacks_r2;
 mod bench;
 mod compat;
 mod install;

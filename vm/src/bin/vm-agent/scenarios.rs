@@ -21,6 +21,7 @@ fn all() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
         .chain(crate::product::SCENARIOS.iter())
         .chain(crate::compat::SCENARIOS.iter())
         .chain(crate::attacks::SCENARIOS.iter())
+        .chain(crate::attacks_r2::SCENARIOS.iter())
         .chain(crate::bench::SCENARIOS.iter())
 }
 
