@@ -447,3 +447,71 @@ pub fn attach(ctx: &Context<'_>, name: &ModName) -> Result<Box<dyn ModuleDir>, S
     }
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt as _;
+
+    use stap_common::cli::{self, Program};
+
+    use super::*;
+
+    fn params(args: &[&[u8]]) -> Result<String, StaprunError> {
+        let mut v = vec![OsString::from("pmod")];
+        v.extend(args.iter().map(|a| OsString::from_vec(a.to_vec())));
+        module_params(&cli::parse(Program::Staprun, &v).map_err(StaprunError::Usage)?)
+    }
+
+    /// Whatever its bytes, one argument reaches the kernel as one
+    /// parameter: split the result as the kernel's `next_arg` does.
+    fn kernel_split(s: &str) -> Vec<String> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            while i < b.len() && kernel_space(b[i]) {
+                i += 1;
+            }
+            let start = i;
+            let mut quoted = false;
+            while i < b.len() && (quoted || !kernel_space(b[i])) {
+                if b[i] == b'"' {
+                    quoted = !quoted;
+                }
+                i += 1;
+            }
+            if i > start {
+                out.push(String::from_utf8_lossy(&b[start..i]).into_owned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_value_stays_one_kernel_parameter() {
+        for v in [
+            &b"x=\xc3\xa0_stp_bufsize=4095"[..],
+            b"x=a b",
+            b"x=a\tb",
+            b"x=true\xc2\xa0init_errno=5",
+            b"x=plain",
+        ] {
+            let p = params(&[v]).unwrap();
+            assert_eq!(kernel_split(&p).len(), 1, "{p:?}");
+        }
+        assert_eq!(params(&[b"x=\xc3\xa0y=1"]).unwrap(), "x=\"\u{e0}y=1\"");
+        assert_eq!(params(&[b"x=1"]).unwrap(), "x=1");
+    }
+
+    #[test]
+    fn names_that_are_not_parameter_names_are_refused() {
+        for v in [&b"x\xc3\xa0init_errno=5"[..], b"a b=1", b"=1", b"x.y=1"] {
+            assert!(params(&[v]).is_err(), "{:?}", String::from_utf8_lossy(v));
+        }
+        assert!(matches!(
+            params(&[b"_stp_bufsize=1"]),
+            Err(StaprunError::ReservedOption(_))
+        ));
+    }
+}

@@ -688,6 +688,8 @@ const ACL_GROUP: u16 = 0x08;
 const ACL_MASK: u16 = 0x10;
 const ACL_OTHER: u16 = 0x20;
 const UNDEF: u32 = u32::MAX;
+/// (tag, id, permission bits).
+type AclEntry = (u16, u32, u16);
 
 /// An access ACL: owner rwx, owning group r-x, the named `extra` entries,
 /// mask rwx, other r-x.
@@ -730,7 +732,7 @@ fn acl(r: &mut Reporter) {
     let out = sr(&ALICE, &["pmod"]);
     r.check("read_only_acl_runs", full_run(&out), out.summary());
     clear_acl(&module, 0o644);
-    let cases: &[(&str, &PathBuf, u32, (u16, u32, u16))] = &[
+    let cases: &[(&str, &PathBuf, u32, AclEntry)] = &[
         (
             "module_user_alice_rw",
             &module,
