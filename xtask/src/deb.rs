@@ -2,8 +2,10 @@
 //! staged tree (no cargo-deb, no fakeroot: `--root-owner-group` makes every file root:root).
 //!
 //! Contents: /usr/bin/staprun (0755 in the archive; postinst registers the 04110 root:stapusr
-//! statoverride), /usr/libexec/staprun/stapio, man pages, completions, docs. Maintainer scripts
-//! come from packaging/debian/.
+//! statoverride), /usr/libexec/staprun/stapio, man pages, completions, docs, lintian overrides.
+//! Maintainer scripts and the trigger come from packaging/debian/: preinst diverts
+//! systemtap-runtime's /usr/bin/staprun and staprun(8) (docs/packaging.md), so the package
+//! coexists with systemtap-runtime and systemtap; `deb-test` checks that with real dpkg and apt.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -81,7 +83,6 @@ Architecture: {arch}
 Maintainer: {MAINTAINER}
 Installed-Size: {installed_kib}
 Depends: {depends}
-Conflicts: systemtap-runtime
 Section: devel
 Priority: optional
 Description: SystemTap module loader (staprun) and runner (stapio), in Rust
@@ -92,9 +93,11 @@ Description: SystemTap module loader (staprun) and runner (stapio), in Rust
  drops privilege and runs stapio, which prints the module's output. Every
  load, refusal and unload is logged to syslog (authpriv).
  .
- This package replaces the staprun and stapio of systemtap-runtime and
- conflicts with it; build modules with stap -p4 on another machine (or in a
- container) and publish them in the blessed directory.
+ It coexists with systemtap-runtime and systemtap (stap): it diverts
+ /usr/bin/staprun and staprun(8) of systemtap-runtime, so stap runs this
+ staprun, and the C staprun stays available as /usr/bin/staprun.systemtap.
+ Removing this package puts the C staprun back as it was (owner, mode and
+ statoverride). stapio is /usr/libexec/staprun/stapio and does not clash.
 "
     )
 }
@@ -115,6 +118,13 @@ fn changelog(version: &str) -> Result<Vec<u8>> {
         )
         .as_bytes(),
     )
+}
+
+/// The staged tree `deb()` packs (its files are the package's, byte for byte).
+pub fn stage_dir(arch: &str) -> PathBuf {
+    dist_dir()
+        .join("deb")
+        .join(format!("{PACKAGE}_{}_{arch}", stap_common::VERSION))
 }
 
 /// The path of the package `deb()` writes.
@@ -143,9 +153,7 @@ pub fn deb() -> Result<PathBuf> {
         .to_owned();
     let paths = Paths::for_prefix(Path::new("/usr"));
     let bin = install::build(&paths)?;
-    let stage = dist_dir()
-        .join("deb")
-        .join(format!("{PACKAGE}_{version}_{arch}"));
+    let stage = stage_dir(&arch);
     let _ = fs::remove_dir_all(&stage);
     fs::create_dir_all(&stage).map_err(|e| format!("mkdir {}: {e}", stage.display()))?;
     // 0755 in the archive; the statoverride in postinst makes it 04110 root:stapusr.
@@ -175,12 +183,21 @@ pub fn deb() -> Result<PathBuf> {
         0o644,
     )?;
     write_file(&doc.join("changelog.gz"), &changelog(version)?, 0o644)?;
-    for (src, dst) in [("docs/admin.md", "admin.md"), ("README.md", "README.md")] {
+    for (src, dst) in [
+        ("docs/admin.md", "admin.md"),
+        ("docs/packaging.md", "packaging.md"),
+        ("README.md", "README.md"),
+    ] {
         let p = root.join(src);
         if p.is_file() {
             write_file(&doc.join(dst), &read(&p)?, 0o644)?;
         }
     }
+    write_file(
+        &stage.join("usr/share/lintian/overrides").join(PACKAGE),
+        &read(&root.join("packaging/debian/lintian-overrides"))?,
+        0o644,
+    )?;
     let files = files_under(&stage)?;
     let installed_kib: u64 = files
         .iter()
@@ -192,9 +209,14 @@ pub fn deb() -> Result<PathBuf> {
         control(version, &arch, &depends(&bin, &mut apt)?, installed_kib).as_bytes(),
         0o644,
     )?;
-    for script in ["postinst", "postrm"] {
-        let src = root.join("packaging/debian").join(script);
-        write_file(&debian.join(script), &read(&src)?, 0o755)?;
+    for (name, mode) in [
+        ("preinst", 0o755),
+        ("postinst", 0o755),
+        ("postrm", 0o755),
+        ("triggers", 0o644),
+    ] {
+        let src = root.join("packaging/debian").join(name);
+        write_file(&debian.join(name), &read(&src)?, mode)?;
     }
     let mut md5 = output(Command::new("md5sum").args(&files).current_dir(&stage))?;
     if !md5.ends_with('\n') {
@@ -219,6 +241,7 @@ pub fn deb() -> Result<PathBuf> {
         "./usr/share/bash-completion/completions/staprun",
         "./usr/share/zsh/vendor-completions/_staprun",
         "./usr/share/fish/vendor_completions.d/staprun.fish",
+        "./usr/share/lintian/overrides/staprun-rs",
     ] {
         if !listing.lines().any(|l| l.ends_with(want)) {
             return Err(format!("{} has no {want}", deb.display()));

@@ -28,6 +28,7 @@ mod bench;
 mod compat;
 mod cpio;
 mod deb;
+mod debtest;
 mod dist;
 mod fuzz;
 mod install;
@@ -101,6 +102,8 @@ enum Cmd {
     },
     /// Build target/dist/staprun-rs_<version>_<arch>.deb.
     Deb,
+    /// deb, then install, upgrade, remove and purge it next to Debian's systemtap-runtime and systemtap in a bookworm chroot.
+    DebTest,
     /// vm-prepare, deb, a --destdir install, then the guest install tests (`cargo test -p vm --test install`).
     VmInstallTest {
         #[command(flatten)]
@@ -252,6 +255,7 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
         deb::deb()?;
         install::check_destdir_install()
     });
+    stage("deb coexistence (chroot)", &mut debtest::deb_test);
     stage("vm suite", &mut || vm_test(opts, false, &[]));
     stage("vm install", &mut || deb::vm_install_test(opts, true, &[]));
     stage("compat (real SystemTap modules, ours vs C)", &mut || {
@@ -286,6 +290,7 @@ fn main() -> ExitCode {
         Cmd::Uninstall(opts) => install::uninstall(opts),
         Cmd::Dist { prefix } => dist::dist(&dist::Paths::for_prefix(prefix)),
         Cmd::Deb => deb::deb().map(|_| ()),
+        Cmd::DebTest => debtest::deb_test(),
         Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
         Cmd::Matrix(opts) => matrix::matrix(opts),
         Cmd::Fuzz { seconds } => fuzz::run(*seconds),

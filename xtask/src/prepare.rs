@@ -418,6 +418,11 @@ fn debian_mirror(sources: &[AptSource]) -> Result<(String, Option<String>)> {
         })
 }
 
+/// The Debian mirror the host's apt uses for bookworm (for debootstrap).
+pub fn bookworm_mirror() -> Result<String> {
+    debian_mirror(&host_apt_sources()).map(|(uri, _)| uri)
+}
+
 const BPO_SOURCES: &str = "/etc/apt/sources.list.d/staprun-vmtest-bookworm-backports.sources";
 
 /// Makes bookworm-backports known to the host's apt: a sources list of our own on the mirror

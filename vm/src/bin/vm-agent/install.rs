@@ -214,11 +214,9 @@ pub fn install_deb(r: &mut Reporter) {
             .to_owned()
     };
     r.check_eq("deb_package", field("Package"), "staprun-rs".to_owned());
-    r.check_eq(
-        "deb_conflicts",
-        field("Conflicts"),
-        "systemtap-runtime".to_owned(),
-    );
+    // It coexists with systemtap-runtime (a diversion of /usr/bin/staprun,
+    // see docs/packaging.md; tested with real dpkg by `cargo xtask deb-test`).
+    r.check_eq("deb_no_conflicts", field("Conflicts"), String::new());
     r.check(
         "deb_depends",
         field("Depends").contains("libc6") && field("Depends").contains("adduser"),
