@@ -1,6 +1,7 @@
 //! A bounds-checked reader for the few ELF facts staprun needs from a
-//! module image: the module name in `.gnu.linkonce.this_module` (for `-R`)
-//! and the `.stap_privilege` section. Nothing here trusts the input.
+//! module image: the module name in `.gnu.linkonce.this_module` (for `-R`),
+//! the kernel release in `.modinfo`'s `vermagic=` and the `.stap_privilege`
+//! section. Nothing here trusts the input.
 #![forbid(unsafe_code)]
 
 use thiserror::Error;
@@ -20,6 +21,8 @@ pub enum ElfError {
     NoSection(&'static str),
     #[error("the module name in .gnu.linkonce.this_module is not plain text")]
     BadName,
+    #[error("the vermagic in .modinfo does not start with a kernel release in plain text")]
+    BadVermagic,
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {
@@ -129,6 +132,48 @@ pub fn module_name(image: &[u8]) -> Result<(usize, String), ElfError> {
         return Err(ElfError::BadName);
     }
     Ok((at, name.to_string()))
+}
+
+/// The module's `vermagic=` string, as the kernel's `get_modinfo` finds it:
+/// the first `key=value` entry of that key in the first `SHF_ALLOC`
+/// `.modinfo` section (entries are NUL-terminated strings; runs of NULs
+/// between them are padding). `Ok(None)`: no `.modinfo`, or no `vermagic`
+/// entry in it. A value that is not UTF-8, or whose first word (the kernel
+/// release) is empty, is [`ElfError::BadVermagic`].
+pub fn vermagic(image: &[u8]) -> Result<Option<String>, ElfError> {
+    let (off, size) = match find_section_where(image, ".modinfo", true) {
+        Ok(s) => s,
+        Err(ElfError::NoSection(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let modinfo = &image[off..off + size];
+    let Some(value) = modinfo
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(b"vermagic="))
+    else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(value).map_err(|_| ElfError::BadVermagic)?;
+    if vermagic_release(text).is_none() {
+        return Err(ElfError::BadVermagic);
+    }
+    Ok(Some(text.to_string()))
+}
+
+/// The kernel release a vermagic string names: its first word, up to the
+/// first space (`6.1.0-57-cloud-amd64` in `6.1.0-57-cloud-amd64 SMP
+/// mod_unload modversions `), as the kernel's `same_magic` splits it.
+/// `None` when that word is empty or not printable ASCII.
+pub fn vermagic_release(vermagic: &str) -> Option<&str> {
+    let release = vermagic.split(' ').next().unwrap_or("");
+    (!release.is_empty() && release.bytes().all(|b| b.is_ascii_graphic())).then_some(release)
+}
+
+/// A `.modinfo` section for a module built for kernel `release`, for
+/// [`build_test_module`]'s `extra` (what kbuild writes, cut down to the
+/// entries staprun reads).
+pub fn test_modinfo(release: &str) -> Vec<u8> {
+    format!("license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0").into_bytes()
 }
 
 /// The privilege a module says it needs (`.stap_privilege`, an `int`).
@@ -255,6 +300,82 @@ mod tests {
         img[at] = 0xc3;
         img[at + 1] = 0xa9;
         assert_eq!(module_name(&img), Err(ElfError::BadName));
+    }
+
+    const REL: &str = "6.1.0-57-cloud-amd64";
+
+    /// Section header `i` of an image made by `build_test_module` (1 is
+    /// `.gnu.linkonce.this_module`, the extras follow in order).
+    fn shdr(img: &[u8], i: usize) -> usize {
+        u64_at(img, 0x28).unwrap() as usize + 64 * i
+    }
+
+    #[test]
+    fn vermagic_names_the_release() {
+        let img = build_test_module("pmod", &[(".modinfo", &test_modinfo(REL))]);
+        let v = vermagic(&img).unwrap().unwrap();
+        assert_eq!(v, format!("{REL} SMP preempt mod_unload modversions "));
+        assert_eq!(vermagic_release(&v), Some(REL));
+        // The kernel's first entry of the key wins; another key that ends
+        // in "vermagic" is not it; NUL padding between entries is skipped.
+        let info = b"\0\0xvermagic=9.9.9 \0\0\0vermagic=6.1.0-1-amd64 SMP \0vermagic=7.0.0 \0";
+        let img = build_test_module("pmod", &[(".modinfo", info)]);
+        assert_eq!(
+            vermagic(&img).unwrap().as_deref(),
+            Some("6.1.0-1-amd64 SMP ")
+        );
+        // A value running into the end of the section is read to there.
+        let img = build_test_module("pmod", &[(".modinfo", b"vermagic=6.1.0-1-amd64")]);
+        assert_eq!(vermagic(&img).unwrap().as_deref(), Some("6.1.0-1-amd64"));
+    }
+
+    #[test]
+    fn no_modinfo_or_no_vermagic_is_none() {
+        assert_eq!(vermagic(&build_test_module("pmod", &[])), Ok(None));
+        let img = build_test_module("pmod", &[(".modinfo", b"license=GPL\0author=x\0")]);
+        assert_eq!(vermagic(&img), Ok(None));
+        let img = build_test_module("pmod", &[(".modinfo", b"")]);
+        assert_eq!(vermagic(&img), Ok(None));
+        // A .modinfo that is not SHF_ALLOC is not the one the kernel reads.
+        let mut img = build_test_module("pmod", &[(".modinfo", &test_modinfo(REL))]);
+        let at = shdr(&img, 2);
+        img[at + 8..at + 16].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(vermagic(&img), Ok(None));
+    }
+
+    #[test]
+    fn garbage_vermagic_is_refused_not_trusted() {
+        for bad in [
+            &b"vermagic=\0"[..],
+            b"vermagic= SMP mod_unload \0",
+            b"vermagic=6.1.0-\xff-amd64 SMP \0",
+            b"vermagic=6.1.0\x01-amd64 SMP \0",
+            b"vermagic=\xc3\xa9 SMP \0",
+        ] {
+            let img = build_test_module("pmod", &[(".modinfo", bad)]);
+            assert_eq!(vermagic(&img), Err(ElfError::BadVermagic), "{bad:?}");
+        }
+        assert_eq!(vermagic(b"hello"), Err(ElfError::NotElf));
+        // A .modinfo that claims to run past the end of the file.
+        let mut img = build_test_module("pmod", &[(".modinfo", &test_modinfo(REL))]);
+        let at = shdr(&img, 2);
+        img[at + 0x20..at + 0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(vermagic(&img), Err(ElfError::Truncated));
+        img[at + 0x18..at + 0x20].copy_from_slice(&u64::MAX.to_le_bytes());
+        img[at + 0x20..at + 0x28].copy_from_slice(&8u64.to_le_bytes());
+        assert_eq!(vermagic(&img), Err(ElfError::Truncated));
+        // Cut anywhere: an error or an answer, never a panic; with the
+        // section table cut off, always an error.
+        let img = build_test_module("pmod", &[(".modinfo", &test_modinfo(REL))]);
+        let table = u64_at(&img, 0x28).unwrap() as usize;
+        for cut in 0..img.len() {
+            let r = vermagic(&img[..cut]);
+            if cut < table + 64 {
+                assert!(r.is_err(), "cut at {cut}: {r:?}");
+            }
+        }
+        assert_eq!(vermagic_release(""), None);
+        assert_eq!(vermagic_release(" 6.1"), None);
     }
 
     #[test]

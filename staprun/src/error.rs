@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use stap_common::cli::CliError;
 use thiserror::Error;
 
+use crate::load::KernelMismatch;
+
 #[derive(Debug, Error)]
 pub enum StaprunError {
     #[error("{0}")]
@@ -38,6 +40,13 @@ pub enum StaprunError {
     ModuleEmpty { path: PathBuf },
     #[error("module {path} is not a loadable kernel module: {detail}")]
     NotAModule { path: PathBuf, detail: String },
+    /// Refused before `init_module`, for every caller (see
+    /// [`crate::load::built_for_running_kernel`]).
+    #[error("module {path} {mismatch}")]
+    WrongKernel {
+        path: PathBuf,
+        mismatch: KernelMismatch,
+    },
     #[error("module option '{0}' is reserved for staprun itself")]
     ReservedOption(String),
     #[error("Couldn't insert module '{path}': {text}")]
@@ -148,5 +157,19 @@ mod tests {
         };
         assert_eq!(insert.exit_code(), 1);
         assert_eq!(StaprunError::Usage(CliError::MissingModule).exit_code(), 1);
+        // A module for another kernel is a failed load, not a refusal by
+        // the permission rules.
+        let wrong = StaprunError::WrongKernel {
+            path: "/x.ko".into(),
+            mismatch: KernelMismatch::OtherRelease {
+                module: "6.1.0-58-cloud-amd64".into(),
+                running: "6.1.0-57-cloud-amd64".into(),
+            },
+        };
+        assert_eq!(wrong.exit_code(), 1);
+        assert_eq!(
+            wrong.to_string(),
+            "module /x.ko was built for kernel 6.1.0-58-cloud-amd64, not for the running kernel 6.1.0-57-cloud-amd64"
+        );
     }
 }

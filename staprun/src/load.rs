@@ -62,10 +62,108 @@ pub fn explain(ctx: &Context<'_>, path: &Path) -> Result<(bool, String), Staprun
         ));
     }
     let (decision, opened) = check(ctx, path)?;
-    Ok(match decision {
-        Decision::Allow(r) => (true, r.explain(&opened.facts, ctx.class)),
-        Decision::Deny(r) => (false, r.explain(&opened.facts, ctx.class)),
-    })
+    let rule = match decision {
+        Decision::Allow(r) => r,
+        Decision::Deny(r) => return Ok((false, r.explain(&opened.facts, ctx.class))),
+    };
+    // Allowed by the rules: the module's bytes may be read, and they must
+    // be for this kernel, as for a load.
+    let image = image_of(&opened, path)?;
+    match built_for_running_kernel(&image, path) {
+        Ok(()) => Ok((true, rule.explain(&opened.facts, ctx.class))),
+        Err(StaprunError::WrongKernel { mismatch, .. }) => Ok((false, format!("it {mismatch}"))),
+        Err(StaprunError::NotAModule { detail, .. }) => Ok((
+            false,
+            format!("it is not a loadable kernel module: {detail}"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Why a module's bytes are not for the running kernel. Not a permission
+/// rule (those are [`crate::policy`]'s, decided on facts about files): a
+/// fact about the module, read from its bytes, which are read only once
+/// the rules allow the caller to load it, so it is checked after the
+/// decision and holds for every caller, root included. Its text follows
+/// "module PATH " (the error) or "it " (`--explain`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelMismatch {
+    /// Its `vermagic=` names another kernel release.
+    OtherRelease { module: String, running: String },
+    /// It has no `vermagic=` (or no `.modinfo`).
+    NoRelease,
+}
+
+impl std::fmt::Display for KernelMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelMismatch::OtherRelease { module, running } => write!(
+                f,
+                "was built for kernel {module}, not for the running kernel {running}"
+            ),
+            KernelMismatch::NoRelease => f.write_str(
+                "names no kernel release (no vermagic in its .modinfo): the kernel loads such a module only by force, which staprun never does",
+            ),
+        }
+    }
+}
+
+/// The kernel release a module image was built for, against `running`
+/// (pure; see [`built_for_running_kernel`]).
+///
+/// The release is the first word of the module's `vermagic=` (as the
+/// kernel's `same_magic` splits it) and must equal the running release
+/// exactly. The kernel itself, with `CONFIG_MODVERSIONS` (Debian's), skips
+/// that word and compares the rest of vermagic and the symbol CRCs, so a
+/// module built for another release can even load; a SystemTap module is
+/// built for one kernel's headers and debuginfo (probe addresses, structure
+/// layouts), and is refused here by name instead of failing in the kernel
+/// ("Invalid module format") or, worse, loading.
+///
+/// A module with no vermagic is refused too: the kernel loads one only by
+/// force (`try_to_force_load`: refused without `CONFIG_MODULE_FORCE_LOAD`,
+/// with it, loaded and the kernel tainted `F`), staprun never forces a
+/// load (`-F` is refused), and kbuild, which builds every SystemTap
+/// module, always writes a vermagic. A vermagic that is not plain text is
+/// not a module (`NotAModule`).
+pub fn kernel_mismatch(
+    image: &[u8],
+    running: &str,
+) -> Result<Option<KernelMismatch>, elf::ElfError> {
+    let Some(v) = elf::vermagic(image)? else {
+        return Ok(Some(KernelMismatch::NoRelease));
+    };
+    let module = elf::vermagic_release(&v).ok_or(elf::ElfError::BadVermagic)?;
+    Ok((module != running).then(|| KernelMismatch::OtherRelease {
+        module: module.to_string(),
+        running: running.to_string(),
+    }))
+}
+
+/// Refuse, before anything is loaded, a module not built for the running
+/// kernel (its release from `/proc/sys/kernel/osrelease`).
+pub fn built_for_running_kernel(image: &[u8], path: &Path) -> Result<(), StaprunError> {
+    let running = stap_common::sys::kernel_release().map_err(StaprunError::Setup)?;
+    match kernel_mismatch(image, &running) {
+        Ok(None) => Ok(()),
+        Ok(Some(mismatch)) => Err(StaprunError::WrongKernel {
+            path: path.to_path_buf(),
+            mismatch,
+        }),
+        Err(e) => Err(StaprunError::NotAModule {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// The module's bytes, read once from the descriptor that was checked.
+fn image_of(opened: &facts::Opened, path: &Path) -> Result<Vec<u8>, StaprunError> {
+    let fd = opened.file.as_ref().ok_or_else(|| StaprunError::Denied {
+        path: path.to_path_buf(),
+        reason: "the module could not be opened".into(),
+    })?;
+    read_image(fd, opened.size, path)
 }
 
 fn denied(ctx: &Context<'_>, rule: &Rule, opened: &facts::Opened) -> StaprunError {
@@ -75,7 +173,8 @@ fn denied(ctx: &Context<'_>, rule: &Rule, opened: &facts::Opened) -> StaprunErro
     }
 }
 
-/// Read the module the decision allowed.
+/// Read the module the decision allowed, and check that it was built for
+/// the running kernel.
 fn allowed_image(
     ctx: &Context<'_>,
     path: &Path,
@@ -93,11 +192,8 @@ fn allowed_image(
         Decision::Allow(r) => r,
         Decision::Deny(r) => return Err(denied(ctx, &r, &opened)),
     };
-    let fd = opened.file.as_ref().ok_or_else(|| StaprunError::Denied {
-        path: path.to_path_buf(),
-        reason: "the module could not be opened".into(),
-    })?;
-    let image = read_image(fd, opened.size, path)?;
+    let image = image_of(&opened, path)?;
+    built_for_running_kernel(&image, path)?;
     Ok((image, rule, opened))
 }
 
@@ -502,6 +598,51 @@ mod tests {
         }
         assert_eq!(params(&[b"x=\xc3\xa0y=1"]).unwrap(), "x=\"\u{e0}y=1\"");
         assert_eq!(params(&[b"x=1"]).unwrap(), "x=1");
+    }
+
+    #[test]
+    fn only_modules_built_for_the_running_release_pass() {
+        let module = |info: &[u8]| elf::build_test_module("pmod", &[(".modinfo", info)]);
+        let running = "6.1.0-57-cloud-amd64";
+        let mine = module(&elf::test_modinfo(running));
+        assert_eq!(kernel_mismatch(&mine, running), Ok(None));
+        let other = module(&elf::test_modinfo("6.1.0-58-cloud-amd64"));
+        let m = kernel_mismatch(&other, running).unwrap().unwrap();
+        assert_eq!(
+            m.to_string(),
+            "was built for kernel 6.1.0-58-cloud-amd64, not for the running kernel 6.1.0-57-cloud-amd64"
+        );
+        // The release is the whole first word: no prefix match either way.
+        for r in ["6.1.0-57-cloud", "6.1.0-57-cloud-amd64x"] {
+            let img = module(&elf::test_modinfo(r));
+            assert!(
+                matches!(
+                    kernel_mismatch(&img, running),
+                    Ok(Some(KernelMismatch::OtherRelease { .. }))
+                ),
+                "{r}"
+            );
+        }
+        // No vermagic: refused (the kernel would load it only by force).
+        for img in [
+            elf::build_test_module("pmod", &[]),
+            module(b"license=GPL\0"),
+        ] {
+            assert_eq!(
+                kernel_mismatch(&img, running),
+                Ok(Some(KernelMismatch::NoRelease))
+            );
+        }
+        assert!(KernelMismatch::NoRelease.to_string().contains("by force"));
+        // Garbage is not a module.
+        assert_eq!(
+            kernel_mismatch(&module(b"vermagic=\xff SMP\0"), running),
+            Err(elf::ElfError::BadVermagic)
+        );
+        assert_eq!(
+            kernel_mismatch(b"not a module", running),
+            Err(elf::ElfError::NotElf)
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use stap_common::cli::{self, Program};
-use stap_common::elf::build_test_module;
+use stap_common::elf::{build_test_module, test_modinfo};
 use stap_common::kernel::KernelOps;
 use stap_common::kernel::sim::{Event, Faults, Script, SimKernel};
 use stap_common::protocol::{Generation, Request};
@@ -76,9 +76,23 @@ impl Tree {
     fn blessed(&self) -> PathBuf {
         self.base.join("lib/modules/K/systemtap")
     }
+    /// A module built for the running kernel (its vermagic names the
+    /// release staprun reads from /proc).
     fn module(&self, dir: &Path, name: &str, mode: u32, uid: u32, gid: u32) -> PathBuf {
+        self.module_for(&running(), dir, name, mode, uid, gid)
+    }
+    fn module_for(
+        &self,
+        release: &str,
+        dir: &Path,
+        name: &str,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> PathBuf {
         let p = dir.join(format!("{name}.ko"));
-        fs::write(&p, build_test_module(name, &[])).unwrap();
+        let info = test_modinfo(release);
+        fs::write(&p, build_test_module(name, &[(".modinfo", &info)])).unwrap();
         set(&p, mode, uid, gid);
         p
     }
@@ -88,6 +102,19 @@ impl Drop for Tree {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.base);
     }
+}
+
+/// The running kernel's release, as staprun reads it.
+fn running() -> String {
+    stap_common::sys::kernel_release().unwrap()
+}
+
+/// Another release of the same length (one digit changed).
+fn other_release() -> String {
+    let mut r = running().into_bytes();
+    let at = r.iter().position(u8::is_ascii_digit).unwrap_or(0);
+    r[at] = if r[at] == b'9' { b'8' } else { b'9' };
+    String::from_utf8(r).unwrap()
 }
 
 fn set(p: &Path, mode: u32, uid: u32, gid: u32) {
@@ -615,6 +642,104 @@ fn load_errors_leave_nothing_loaded() {
     let e = run.load(&tree, Class::Root, 0, &["junk"]).unwrap_err();
     assert!(matches!(e, StaprunError::NotAModule { .. }), "{e}");
     assert!(run.kernel.events().is_empty());
+}
+
+/// A module built for another kernel release is refused before
+/// `init_module`, for every caller (it is no permission rule), with both
+/// releases in one line; `--explain` says it; so for a module without
+/// vermagic. A caller the rules refuse hears the rule, not this.
+#[test]
+fn a_module_for_another_kernel_is_refused_for_everyone() {
+    let (mine, other) = (running(), other_release());
+    let e = |tree: &Tree| tree.base.join("elsewhere");
+    for (class, uid) in [
+        (Class::Root, 0),
+        (Class::Stapdev, BOB),
+        (Class::Stapsys, SAM),
+        (Class::Stapusr, ALICE),
+    ] {
+        for from_elsewhere in [false, true] {
+            if from_elsewhere && !class.may_load_anything() {
+                continue;
+            }
+            let tree = Tree::new();
+            let dir = if from_elsewhere {
+                e(&tree)
+            } else {
+                tree.blessed()
+            };
+            let p = tree.module_for(&other, &dir, "pmod", 0o644, 0, 0);
+            let arg = if from_elsewhere {
+                p.display().to_string()
+            } else {
+                "pmod".to_string()
+            };
+            let run = Run::new();
+            let err = run.load(&tree, class, uid, &[&arg]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, StaprunError::WrongKernel { .. })
+                    && msg.contains(&mine)
+                    && msg.contains(&other)
+                    && !msg.contains('\n'),
+                "{class}: {msg}"
+            );
+            assert_eq!(err.exit_code(), 1);
+            assert!(run.kernel.events().is_empty(), "{class}: the kernel saw it");
+            let warn = |_: &str| {};
+            let ctx = Context {
+                kernel: &run.kernel,
+                groups: &Groups,
+                blessed_dir: tree.blessed(),
+                real_uid: uid,
+                real_gid: 0,
+                lookup_ids: None,
+                window: &staprun::NoWindow,
+                audit: &staprun::no_audit,
+                class,
+                pid: 1,
+                interrupted: &no,
+                warn: &warn,
+            };
+            let (allowed, text) = load::explain(&ctx, &p).unwrap();
+            assert!(
+                !allowed && text.contains(&mine) && text.contains(&other),
+                "{class}: {text}"
+            );
+            // The module built for this kernel loads.
+            tree.module(&dir, "pmod", 0o644, 0, 0);
+            run.load(&tree, class, uid, &[&arg]).unwrap();
+            assert!(run.kernel.is_loaded("pmod"));
+        }
+    }
+    // No vermagic: refused up front as well.
+    let tree = Tree::new();
+    let p = tree.blessed().join("pmod.ko");
+    fs::write(&p, build_test_module("pmod", &[])).unwrap();
+    set(&p, 0o644, 0, 0);
+    let run = Run::new();
+    let err = run.load(&tree, Class::Root, 0, &["pmod"]).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StaprunError::WrongKernel {
+                mismatch: load::KernelMismatch::NoRelease,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(run.kernel.events().is_empty());
+    // The permission rules come first: carol hears that she is in no
+    // group, alice that the module is not in the blessed directory.
+    let tree = Tree::new();
+    let p = tree.module_for(&other, &e(&tree), "pmod", 0o644, 0, 0);
+    let arg = p.display().to_string();
+    let run = Run::new();
+    for (class, uid) in [(Class::None, CAROL), (Class::Stapusr, ALICE)] {
+        let err = run.load(&tree, class, uid, &[&arg]).unwrap_err();
+        assert!(matches!(err, StaprunError::Denied { .. }), "{class}: {err}");
+    }
 }
 
 #[test]

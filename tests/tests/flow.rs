@@ -81,7 +81,10 @@ fn tree(tag: &str) -> Tree {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let m = blessed.join("pmod.ko");
-    fs::write(&m, build_test_module("pmod", &[])).unwrap();
+    // Built for the running kernel, as staprun requires.
+    let release = stap_common::sys::kernel_release().unwrap();
+    let info = stap_common::elf::test_modinfo(&release);
+    fs::write(&m, build_test_module("pmod", &[(".modinfo", &info)])).unwrap();
     chown(&m, Some(0), Some(0)).unwrap();
     fs::set_permissions(&m, fs::Permissions::from_mode(0o644)).unwrap();
     Tree(base)

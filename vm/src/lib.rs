@@ -194,6 +194,13 @@ pub struct BootSpec {
     pub timeout: Duration,
     pub smp: u32,
     pub mem_mib: u32,
+    /// A root file system on a virtio disk (a Debian guest with systemd as PID 1) instead of
+    /// the initramfs agent as PID 1: `root=/dev/vda`, no `rdinit=`.
+    pub disk: Option<PathBuf>,
+    /// A second disk (raw image), attached read-only as `/dev/vdb`: files for the guest.
+    pub share: Option<PathBuf>,
+    /// How long the guest may take before its agent reports `BEGIN`.
+    pub agent_start_limit: Duration,
 }
 
 impl BootSpec {
@@ -209,6 +216,9 @@ impl BootSpec {
             timeout,
             smp: 2,
             mem_mib: 512,
+            disk: None,
+            share: None,
+            agent_start_limit: AGENT_START_LIMIT,
         }
     }
 }
@@ -377,10 +387,14 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
         "console=ttyS0".to_owned(),
         "panic=-1".to_owned(),
         "oops=panic".to_owned(),
-        "rdinit=/init".to_owned(),
         "tsc=reliable".to_owned(),
         format!("vmtest.scenario={}", spec.scenario),
     ];
+    if spec.disk.is_some() {
+        append.extend(["root=/dev/vda".to_owned(), "rw".to_owned()]);
+    } else {
+        append.push("rdinit=/init".to_owned());
+    }
     append.extend(spec.append.iter().cloned());
 
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -413,10 +427,20 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
     .arg("-initrd")
     .arg(&art.initrd)
     .arg("-append")
-    .arg(append.join(" "))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .arg(append.join(" "));
+    if let Some(d) = &spec.disk {
+        cmd.arg("-drive")
+            .arg(format!("file={},if=virtio,format=qcow2", d.display()));
+    }
+    if let Some(d) = &spec.share {
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            d.display()
+        ));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 
     let start = Instant::now();
     let mut child = cmd
@@ -445,11 +469,12 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
                 spec.timeout
             ));
         }
-        if !began && start.elapsed() > AGENT_START_LIMIT.min(spec.timeout) {
+        if !began && start.elapsed() > spec.agent_start_limit.min(spec.timeout) {
             began = agent_started();
             if !began {
                 break Some(format!(
-                    "the guest agent did not start within {AGENT_START_LIMIT:?} (early boot hang): killed"
+                    "the guest agent did not start within {:?} (early boot hang): killed",
+                    spec.agent_start_limit
                 ));
             }
         }
@@ -546,3 +571,109 @@ pub const C5_MOUNTS: &[&str] = &[
     "home",
     "root",
 ];
+
+/// One `stap` run of the Debian guest's option scenario (`debian_stap_options`): bob runs
+/// `stap ARGS -e 'SCRIPT'` once through our staprun and once through Debian's C staprun
+/// (`SYSTEMTAP_STAPRUN` pointing at a shim that logs its argv and execs one or the other).
+/// `cargo xtask debian-test` compiles the same command lines with `-p4` into bob's stap cache
+/// when it builds the image, so the guest finds the modules there instead of compiling.
+#[derive(Debug, Clone, Copy)]
+pub struct StapRun {
+    /// The stap option under test, as the docs table names it.
+    pub option: &'static str,
+    /// stap's arguments before `-e`.
+    pub args: &'static str,
+    pub script: &'static str,
+}
+
+const HELLO: &str = "probe begin { println(\"hello\") exit() }";
+const WARN: &str = "probe begin { warn(\"careful\") println(\"after\") exit() }";
+const TICK: &str = "probe timer.ms(300) { println(\"tick\") }";
+
+pub const DEBIAN_STAP_RUNS: &[StapRun] = &[
+    StapRun {
+        option: "(none)",
+        args: "",
+        script: HELLO,
+    },
+    StapRun {
+        option: "-vv",
+        args: "-vv",
+        script: HELLO,
+    },
+    StapRun {
+        option: "(none), a warning",
+        args: "",
+        script: WARN,
+    },
+    StapRun {
+        option: "-w",
+        args: "-w",
+        script: WARN,
+    },
+    StapRun {
+        option: "-o FILE",
+        args: "-o /tmp/stap-o.out",
+        script: HELLO,
+    },
+    StapRun {
+        option: "-c CMD",
+        args: "-c 'echo from-cmd'",
+        script: "probe end { println(\"end\") }",
+    },
+    StapRun {
+        option: "-x PID",
+        args: "-x 1",
+        script: "probe begin { printf(\"target=%d\\n\", target()) exit() }",
+    },
+    StapRun {
+        option: "-s MB",
+        args: "-s 2",
+        script: HELLO,
+    },
+    StapRun {
+        option: "-o FILE -S SIZE,N",
+        args: "-o /tmp/stap-s.out -S 1,2",
+        script: HELLO,
+    },
+    StapRun {
+        option: "--color=never",
+        args: "--color=never",
+        script: WARN,
+    },
+    StapRun {
+        option: "-m NAME (no -R)",
+        args: "-m stapopt_m",
+        script: HELLO,
+    },
+    StapRun {
+        option: "-F",
+        args: "-F",
+        script: TICK,
+    },
+    StapRun {
+        option: "-F -o FILE",
+        args: "-F -o /tmp/stap-d.out",
+        script: TICK,
+    },
+    StapRun {
+        option: "--monitor",
+        args: "--monitor",
+        script: HELLO,
+    },
+    StapRun {
+        option: "--target-namespaces=PID",
+        args: "--target-namespaces=1",
+        script: HELLO,
+    },
+];
+
+/// The stap command line of a run (without `-p`), as bob types it.
+pub fn stap_command(run: &StapRun) -> String {
+    let args = if run.args.is_empty() {
+        String::new()
+    } else {
+        format!("{} ", run.args)
+    };
+    format!("stap {args}-e '{}'", run.script)
+}

@@ -28,6 +28,7 @@ const SCENARIOS: &[&str] = &[
     "overrun",
     "system_and_oob",
     "init_failure",
+    "product_vermagic_mismatch",
 ];
 
 /// The harness boots a guest once more when it died before its agent

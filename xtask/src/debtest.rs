@@ -21,7 +21,11 @@
 //! 4. remove ours; install and purge; the same with an administrator's override that takes the
 //!    setuid bit away from the C staprun; the override a purged systemtap-runtime leaves behind;
 //!    systemtap-runtime configured before ours in one dpkg run;
-//! 5. `apt-get install systemtap` (the translator) with ours installed.
+//! 5. `apt-get install systemtap` (the translator) with ours installed;
+//! 6. the unit staprun@.service (checked at every install above: the packaged bytes, 0644
+//!    root:root; gone at every remove and purge) with systemd installed in the chroot:
+//!    `systemd-analyze verify` of an instance configured with the packaged example drop-in, and
+//!    `systemctl enable`/`disable` of it (systemd is not running there: nothing is started).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -51,12 +55,14 @@ const MAN: &str = "/usr/share/man/man8/staprun.8.gz";
 const MAN_C: &str = "/usr/share/man/man8/staprun.systemtap.8.gz";
 const STAPIO: &str = "/usr/libexec/staprun/stapio";
 const STATE_DIR: &str = "/var/lib/staprun-rs";
+const UNIT: &str = "/lib/systemd/system/staprun@.service";
+const EXAMPLE: &str = "/usr/share/doc/staprun-rs/examples/staprun@pmod.service.d/override.conf";
 const DIVERSIONS: [&str; 2] = [
     "diversion of /usr/bin/staprun to /usr/bin/staprun.systemtap by staprun-rs",
     "diversion of /usr/share/man/man8/staprun.8.gz to /usr/share/man/man8/staprun.systemtap.8.gz by staprun-rs",
 ];
 
-fn top_dir() -> PathBuf {
+pub(crate) fn top_dir() -> PathBuf {
     vm::target_dir().join("deb-chroot")
 }
 
@@ -80,7 +86,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// Removes a tree, unmounting first anything mounted in it and never crossing into another file
 /// system.
-fn remove_tree(p: &Path) -> Result<()> {
+pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     if fs::symlink_metadata(p).is_err() {
         return Ok(());
     }
@@ -117,14 +123,14 @@ fn clean_stale(top: &Path) -> Result<()> {
 
 /// Commands run in a chroot, each in a mount namespace of its own with /proc (and, for the
 /// test copies, the shared apt archive directory) mounted; clean environment.
-struct Chroot {
-    root: PathBuf,
-    archives: Option<PathBuf>,
-    log: Option<fs::File>,
+pub(crate) struct Chroot {
+    pub(crate) root: PathBuf,
+    pub(crate) archives: Option<PathBuf>,
+    pub(crate) log: Option<fs::File>,
 }
 
 impl Chroot {
-    fn command(&self, argv: &[&str]) -> Command {
+    pub(crate) fn command(&self, argv: &[&str]) -> Command {
         let mut c = Command::new("unshare");
         c.args([
             "--mount",
@@ -156,7 +162,7 @@ exec chroot "$root" "$@""#,
     }
 
     /// `sh -ec SCRIPT` in the chroot: stdout, or an error with the end of both outputs.
-    fn sh(&mut self, script: &str) -> Result<String> {
+    pub(crate) fn sh(&mut self, script: &str) -> Result<String> {
         let out = self
             .command(&["sh", "-ec", script])
             .output()
@@ -224,7 +230,7 @@ fn apt_lists_present() -> bool {
 }
 
 /// The cached base chroot, (re)built with debootstrap when missing or broken.
-fn base_chroot(top: &Path) -> Result<PathBuf> {
+pub(crate) fn base_chroot(top: &Path) -> Result<PathBuf> {
     let base = top.join(SUITE);
     let why = if base.exists() {
         match base_broken(&base) {
@@ -357,7 +363,8 @@ struct Snap {
 
 const SNAP_SCRIPT: &str = r#"
 for f in /usr/bin/staprun /usr/bin/staprun.systemtap /usr/share/man/man8/staprun.8.gz \
-         /usr/share/man/man8/staprun.systemtap.8.gz /usr/libexec/staprun/stapio /var/lib/staprun-rs; do
+         /usr/share/man/man8/staprun.systemtap.8.gz /usr/libexec/staprun/stapio /var/lib/staprun-rs \
+         /lib/systemd/system/staprun@.service; do
     if [ -e "$f" ]; then echo "F $(stat -c '%a %U %G' "$f") $f"; else echo "F - - - $f"; fi
 done
 dpkg-divert --list | sed 's/^/D /'
@@ -424,10 +431,11 @@ struct Theirs {
 /// The test run: the chroot copy, the packaged files, the check counter.
 struct Run {
     ch: Chroot,
-    /// The packaged staprun, stapio and staprun(8) (from the staged tree).
+    /// The packaged staprun, stapio, staprun(8) and unit (from the staged tree).
     bin: Vec<u8>,
     stapio: Vec<u8>,
     man: Vec<u8>,
+    unit: Vec<u8>,
     deb: String,
     newer: String,
     newer_version: String,
@@ -514,6 +522,18 @@ impl Run {
             MAN,
             &man,
             "the packaged page",
+        )?;
+        let unit = self.unit.clone();
+        self.same_bytes(
+            &format!("{step}: staprun@.service"),
+            UNIT,
+            &unit,
+            "the packaged unit",
+        )?;
+        self.check_eq(
+            &format!("{step}: staprun@.service mode"),
+            &s.meta(UNIT),
+            &Some(Meta::new(0o644, "root", "root")),
         )?;
         self.check_eq(
             &format!("{step}: dpkg-divert --list"),
@@ -615,9 +635,9 @@ impl Run {
             &(None, None, None, Vec::new()),
         )?;
         self.check_eq(
-            &format!("{step}: stapio and {STATE_DIR} gone"),
-            &(s.meta(STAPIO), s.meta(STATE_DIR)),
-            &(None, None),
+            &format!("{step}: stapio, {STATE_DIR} and the unit gone"),
+            &(s.meta(STAPIO), s.meta(STATE_DIR), s.meta(UNIT)),
+            &(None, None, None),
         )?;
         self.check_eq(
             &format!("{step}: packages"),
@@ -680,8 +700,8 @@ impl Run {
         let s = Snap::take(&mut self.ch)?;
         self.check_eq(
             &format!("{step}: files gone"),
-            &[BIN, BIN_C, MAN, MAN_C, STAPIO, STATE_DIR].map(|p| s.meta(p)),
-            &[None, None, None, None, None, None],
+            &[BIN, BIN_C, MAN, MAN_C, STAPIO, STATE_DIR, UNIT].map(|p| s.meta(p)),
+            &[None, None, None, None, None, None, None],
         )?;
         self.check_eq(
             &format!("{step}: no diversion, no statoverride"),
@@ -766,13 +786,13 @@ impl Run {
         self.check_eq(
             &format!("{step}, ours purged: files gone, the override back"),
             &(
-                [BIN, BIN_C, MAN, MAN_C, STAPIO, STATE_DIR].map(|p| s.meta(p)),
+                [BIN, BIN_C, MAN, MAN_C, STAPIO, STATE_DIR, UNIT].map(|p| s.meta(p)),
                 s.overrides.get(BIN).cloned(),
                 s.overrides.get(BIN_C).cloned(),
                 s.diversions.clone(),
             ),
             &(
-                [None, None, None, None, None, None],
+                [None, None, None, None, None, None, None],
                 leftover,
                 None,
                 Vec::new(),
@@ -830,7 +850,68 @@ impl Run {
             t.elapsed().as_secs_f64()
         );
         self.expect_ours(step, Some(&theirs), None)?;
-        Ok(())
+        self.unit_with_systemd()
+    }
+
+    /// Step 6: the unit, read by the real systemd tools of bookworm (systemd is installed in
+    /// the chroot but not running: `systemd-analyze verify` loads the unit offline, `systemctl
+    /// enable` only makes links).
+    fn unit_with_systemd(&mut self) -> Result<()> {
+        let step = "6 staprun@.service";
+        self.apt("install systemd")?;
+        let version = self.sh("systemctl --version | head -n 1")?;
+        println!("deb-test:       ({})", version.trim());
+        // A stapusr member, and the packaged example drop-in naming them.
+        self.sh(&format!(
+            "getent passwd alice >/dev/null || useradd --create-home --groups stapusr alice
+             mkdir -p /etc/systemd/system/staprun@pmod.service.d
+             cp {EXAMPLE} /etc/systemd/system/staprun@pmod.service.d/override.conf"
+        ))?;
+        let verify =
+            self.sh("systemd-analyze verify --man=no staprun@pmod.service 2>&1; echo \"exit $?\"")?;
+        self.check_eq(
+            &format!("{step}: systemd-analyze verify staprun@pmod.service (example drop-in)"),
+            &verify.trim(),
+            &"exit 0",
+        )?;
+        // What systemd runs comes from the template and the drop-in together.
+        let shown = self.sh(
+            "grep -h -E '^(User|ExecStart|ExecStartPre|KillMode|WantedBy)=' \
+                 /lib/systemd/system/staprun@.service \
+                 /etc/systemd/system/staprun@pmod.service.d/override.conf | cut -c1-72",
+        )?;
+        let lines: Vec<&str> = shown.lines().collect();
+        self.check(
+            &format!("{step}: ExecStart, the root guard, KillMode=mixed, User=alice"),
+            lines.iter().any(|l| {
+                l.starts_with("ExecStart=/usr/bin/staprun $STAPRUN_OPTIONS -- /lib/modules/%v/")
+            }) && lines
+                .iter()
+                .any(|l| l.starts_with("ExecStartPre=/bin/sh -c"))
+                && lines.contains(&"KillMode=mixed")
+                && lines.contains(&"User=alice")
+                && lines.contains(&"WantedBy=multi-user.target"),
+            &format!("{lines:?}"),
+        )?;
+        let link = "/etc/systemd/system/multi-user.target.wants/staprun@pmod.service";
+        self.sh("systemctl enable staprun@pmod.service")?;
+        let enabled = self.sh(&format!(
+            "systemctl is-enabled staprun@pmod.service; readlink {link}"
+        ))?;
+        self.check_eq(
+            &format!("{step}: systemctl enable staprun@pmod (WantedBy=multi-user.target)"),
+            &enabled.lines().collect::<Vec<_>>(),
+            &vec!["enabled", UNIT],
+        )?;
+        self.sh("systemctl disable staprun@pmod.service")?;
+        let disabled = self.sh(&format!(
+            "systemctl is-enabled staprun@pmod.service || true; test ! -e {link} && echo 'no link'"
+        ))?;
+        self.check_eq(
+            &format!("{step}: systemctl disable staprun@pmod"),
+            &disabled.lines().collect::<Vec<_>>(),
+            &vec!["disabled", "no link"],
+        )
     }
 }
 
@@ -914,6 +995,7 @@ pub fn deb_test() -> Result<()> {
         bin: read(&stage.join("usr/bin/staprun"))?,
         stapio: read(&stage.join("usr/libexec/staprun/stapio"))?,
         man: read(&stage.join("usr/share/man/man8/staprun.8.gz"))?,
+        unit: read(&stage.join(deb::UNIT_DIR).join(crate::install::UNIT_NAME))?,
         deb: deb_name,
         newer,
         newer_version,

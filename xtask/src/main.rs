@@ -24,10 +24,12 @@
 //!   (`STAPRUN_UNDER_TEST=ours|theirs|both` selects the implementations).
 #![forbid(unsafe_code)]
 
+mod aptstate;
 mod bench;
 mod compat;
 mod cpio;
 mod deb;
+mod debian;
 mod debtest;
 mod dist;
 mod fuzz;
@@ -102,6 +104,14 @@ enum Cmd {
     },
     /// Build target/dist/staprun-rs_<version>_<arch>.deb.
     Deb,
+    /// A Debian bookworm guest (systemd, journald, Debian's stap) with our .deb: `stap` drives our staprun.
+    DebianTest {
+        #[command(flatten)]
+        opts: prepare::Options,
+        /// Arguments passed to the test binary (libtest syntax).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
     /// deb, then install, upgrade, remove and purge it next to Debian's systemtap-runtime and systemtap in a bookworm chroot.
     DebTest,
     /// vm-prepare, deb, a --destdir install, then the guest install tests (`cargo test -p vm --test install`).
@@ -290,6 +300,7 @@ fn main() -> ExitCode {
         Cmd::Uninstall(opts) => install::uninstall(opts),
         Cmd::Dist { prefix } => dist::dist(&dist::Paths::for_prefix(prefix)),
         Cmd::Deb => deb::deb().map(|_| ()),
+        Cmd::DebianTest { opts, test_args } => debian::debian_test(opts, test_args),
         Cmd::DebTest => debtest::deb_test(),
         Cmd::VmInstallTest { opts, test_args } => deb::vm_install_test(opts, false, test_args),
         Cmd::Matrix(opts) => matrix::matrix(opts),

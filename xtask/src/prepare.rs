@@ -9,6 +9,13 @@
 //! ```
 //! Headers: the matching `linux-headers-KV` package is installed with apt-get
 //! (its Makefiles name absolute /usr/src paths, so it is not relocated).
+//!
+//! Which kernel, whatever state apt's lists are in (fresh, stale, empty): see
+//! [`crate::aptstate`]. A kernel prepared completely before is used without apt-get; when a
+//! kernel resolved from lists not updated in this run cannot be fetched, the lists are updated
+//! and the kernel resolved again. Every file and directory of the cache is written under a
+//! temporary name (`.NAME.tmp-PID`) and renamed into place when complete, so an interrupted run
+//! leaves nothing that a later one takes as done; the next run removes such leftovers.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Result;
+use crate::aptstate::{self, Failure, Next, Situation, Want, has_prefix};
 use crate::cpio::{self, Entry};
 
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -108,22 +116,64 @@ pub struct Apt {
     pub updated: bool,
 }
 
+/// `apt-get update`, with `opts` (`-o` options; none for the host's own lists).
+fn apt_update(opts: &[String]) -> Result<()> {
+    eprintln!("xtask: apt-get update");
+    status(Command::new("apt-get").args(opts).args([
+        "update",
+        "-qq",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+    ]))
+}
+
+/// The host's apt lists directory (`Dir::State::Lists`).
+fn host_lists_dir() -> PathBuf {
+    output(Command::new("apt-config").args(["shell", "D", "Dir::State::Lists/d"]))
+        .ok()
+        .and_then(|s| {
+            let v = s.trim().strip_prefix("D='")?.strip_suffix('\'')?.to_owned();
+            (!v.is_empty()).then(|| PathBuf::from(v))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/apt/lists"))
+}
+
+/// Whether an apt lists directory holds no package index (a fresh machine, or lists removed).
+fn lists_empty_in(dir: &Path) -> bool {
+    let names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    aptstate::lists_empty(names.iter().map(String::as_str))
+}
+
+/// An earlier dpkg run was interrupted (dpkg then refuses to go on until `dpkg --configure -a`).
+fn dpkg_interrupted() -> bool {
+    fs::read_dir("/var/lib/dpkg/updates")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 impl Apt {
     pub fn update(&mut self) -> Result<()> {
         if !self.updated {
-            eprintln!("xtask: apt-get update");
-            status(Command::new("apt-get").args([
-                "update",
-                "-qq",
-                "-o",
-                "DPkg::Lock::Timeout=600",
-            ]))?;
+            apt_update(&[])?;
             self.updated = true;
         }
         Ok(())
     }
 
-    /// Installs packages as root, or fails with the one command to run.
+    /// Installs packages as root, or fails with the one command to run. Empty lists are
+    /// updated first; a failed install is tried again after `dpkg --configure -a` when an
+    /// earlier dpkg run was interrupted, and after `apt-get update` (stale lists: 404s).
     pub fn install(&mut self, pkgs: &[String], why: &str) -> Result<()> {
         let line = format!(
             "apt-get install -y --no-install-recommends {}",
@@ -142,8 +192,22 @@ impl Apt {
                     .env("DEBIAN_FRONTEND", "noninteractive"),
             )
         };
+        if lists_empty_in(&host_lists_dir()) {
+            self.update()?;
+        }
         if try_install().is_ok() {
             return Ok(());
+        }
+        if dpkg_interrupted() {
+            eprintln!("xtask: an earlier dpkg run was interrupted: dpkg --configure -a");
+            status(
+                Command::new("dpkg")
+                    .args(["--configure", "-a"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            if try_install().is_ok() {
+                return Ok(());
+            }
         }
         self.update()?;
         try_install().map_err(|e| format!("{why}: {e}"))
@@ -259,9 +323,16 @@ fn major(v: &str) -> u32 {
         .unwrap_or(0)
 }
 
-fn has_prefix(kver: &str, prefix: &str) -> bool {
-    kver.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '-', '+']))
+/// The suite a kernel ABI comes from: `+deb13` or major >= 7: trixie; `6.1.*`: bookworm;
+/// otherwise bookworm-backports.
+fn abi_suite(kver: &str) -> Suite {
+    if kver.contains("deb13") || major(kver) >= 7 {
+        Suite::Trixie
+    } else if kver.starts_with("6.1.") {
+        Suite::Bookworm
+    } else {
+        Suite::BookwormBackports
+    }
 }
 
 fn parse_wanted(wanted: Option<&str>) -> Result<Wanted> {
@@ -276,16 +347,9 @@ fn parse_wanted(wanted: Option<&str>) -> Result<Wanted> {
         });
     };
     if w.contains(['-', '+']) {
-        let suite = if w.contains("deb13") || major(w) >= 7 {
-            Suite::Trixie
-        } else if w.starts_with("6.1.") {
-            Suite::Bookworm
-        } else {
-            Suite::BookwormBackports
-        };
         return Ok(Wanted::Abi {
             kver: w.to_owned(),
-            suite,
+            suite: abi_suite(w),
         });
     }
     let newest = |suite, apt_suite| Wanted::Newest {
@@ -418,6 +482,42 @@ fn debian_mirror(sources: &[AptSource]) -> Result<(String, Option<String>)> {
         })
 }
 
+/// A deb822 sources list of the host's `bookworm-updates` and `bookworm-security` entries
+/// (main only), for a bookworm chroot that needs the point-release and security packages the
+/// host has (its kernel's headers): no mirror is named in this code.
+pub fn bookworm_update_sources() -> Result<String> {
+    let mut text = String::new();
+    for s in host_apt_sources() {
+        let suites: Vec<&String> = s
+            .suites
+            .iter()
+            .filter(|x| *x == "bookworm-updates" || *x == "bookworm-security")
+            .collect();
+        if suites.is_empty() || s.uris.is_empty() {
+            continue;
+        }
+        text.push_str(&format!(
+            "Types: deb\nURIs: {}\nSuites: {}\nComponents: main\n",
+            s.uris.join(" "),
+            suites
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        if let Some(k) = &s.signed_by {
+            text.push_str(&format!("Signed-By: {k}\n"));
+        }
+        text.push('\n');
+    }
+    if text.is_empty() {
+        return Err(
+            "no bookworm-updates or bookworm-security entry in the host's apt sources".into(),
+        );
+    }
+    Ok(text)
+}
+
 /// The Debian mirror the host's apt uses for bookworm (for debootstrap).
 pub fn bookworm_mirror() -> Result<String> {
     debian_mirror(&host_apt_sources()).map(|(uri, _)| uri)
@@ -456,43 +556,179 @@ fn host_backports(apt: &mut Apt) -> Result<()> {
         ));
     }
     eprintln!("xtask: writing {BPO_SOURCES} ({uri})");
-    fs::write(ours, text).map_err(|e| format!("write {BPO_SOURCES}: {e}"))?;
+    // Never half written: a cut-off stanza would break apt for everyone on the host.
+    write_atomic(ours, text)?;
     apt.updated = false;
     apt.update()
 }
 
-/// `apt-cache depends PKG` on the host, with one `apt-get update` (as root) on failure.
-fn host_depends(apt: &mut Apt, pkg: &str) -> Result<String> {
-    let query = || output(Command::new("apt-cache").args(["depends", pkg]));
-    match query() {
-        Ok(s) if !s.trim().is_empty() => Ok(s),
-        r if is_root() => {
-            apt.update()?;
-            query().map_err(|e| format!("{e} (and before the update: {r:?})"))
+/// apt on the host as the guest kernel's preparation uses it: `apt-cache depends`,
+/// `apt-get update` and `apt-get download`. With `lists`, apt reads and updates that lists
+/// directory instead of the host's (and writes no package cache): tests point it at a copy of
+/// the host's lists, so the host's apt state is never touched.
+struct HostApt<'a> {
+    apt: &'a mut Apt,
+    lists: Option<PathBuf>,
+}
+
+impl<'a> HostApt<'a> {
+    fn new(apt: &'a mut Apt) -> Self {
+        HostApt { apt, lists: None }
+    }
+
+    fn opts(&self) -> Vec<String> {
+        let Some(d) = &self.lists else {
+            return Vec::new();
+        };
+        [
+            format!("Dir::State::Lists={}", d.display()),
+            "Dir::Cache::pkgcache=".into(),
+            "Dir::Cache::srcpkgcache=".into(),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_owned(), o])
+        .collect()
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(tool);
+        c.args(self.opts());
+        c
+    }
+
+    fn update(&mut self) -> Result<()> {
+        if !self.apt.updated {
+            apt_update(&self.opts())?;
+            self.apt.updated = true;
         }
-        r => r,
+        Ok(())
+    }
+
+    fn lists_empty(&self) -> bool {
+        lists_empty_in(&self.lists.clone().unwrap_or_else(host_lists_dir))
+    }
+
+    /// The kernel ABI `meta` depends on, from the lists as they are (nothing is updated):
+    /// `None` when they do not know `meta`.
+    fn listed(&self, meta: &str) -> Option<String> {
+        output(self.cmd("apt-cache").args(["depends", meta]))
+            .ok()
+            .and_then(|t| depends_abi(&t))
+    }
+
+    /// `apt-cache depends PKG`, updating the lists first when they are empty, and once more
+    /// (as root) when they do not know PKG.
+    fn depends(&mut self, pkg: &str) -> Result<String> {
+        if self.lists_empty() && is_root() {
+            self.update()?;
+        }
+        let query = |h: &HostApt| output(h.cmd("apt-cache").args(["depends", pkg]));
+        match query(self) {
+            Ok(s) if !s.trim().is_empty() => Ok(s),
+            r if is_root() && !self.apt.updated => {
+                self.update()?;
+                query(self).map_err(|e| format!("{e} (and before the update: {r:?})"))
+            }
+            r => r,
+        }
+    }
+
+    /// `apt-get download PKG` into `debs`: into a temporary directory first, the .deb then
+    /// renamed into `debs`, so a .deb there is always whole (an interrupted download leaves
+    /// only a temporary directory, removed by a later run). No retry here: when the lists
+    /// were stale, the caller updates them and resolves the kernel again.
+    fn download(&mut self, pkg: &str, debs: &Path) -> Result<()> {
+        let tmp = debs.join(aptstate::tmp_name("download", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
+        let got = output(
+            self.cmd("apt-get")
+                .args(["download", "-q", pkg])
+                .current_dir(&tmp),
+        )
+        .and_then(|_| {
+            let deb = find_deb(&tmp, pkg)
+                .ok_or_else(|| format!("apt-get download {pkg} left no .deb"))?;
+            let to = debs.join(deb.file_name().unwrap_or_default());
+            fs::rename(&deb, &to).map_err(|e| format!("rename to {}: {e}", to.display()))
+        });
+        let _ = fs::remove_dir_all(&tmp);
+        got
     }
 }
 
-/// `apt-get download PKG` into `debs` on the host, with one `apt-get update` on failure.
-fn host_download(apt: &mut Apt, pkg: &str, debs: &Path) -> Result<()> {
-    let download = || {
-        output(
-            Command::new("apt-get")
-                .args(["download", "-q", pkg])
-                .current_dir(debs),
-        )
+/// Writes `path` through a temporary file renamed into place: it is never seen half written.
+fn write_atomic(path: &Path, data: impl AsRef<[u8]>) -> Result<()> {
+    let tmp = tmp_beside(path);
+    fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("rename to {}: {e}", path.display())
+    })
+}
+
+/// Copies `from` to `to` through a temporary file renamed into place.
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_beside(to);
+    fs::copy(from, &tmp).map_err(|e| format!("copy {}: {e}", from.display()))?;
+    fs::rename(&tmp, to).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("rename to {}: {e}", to.display())
+    })
+}
+
+/// `DIR/.NAME.tmp-PID` for `DIR/NAME`.
+fn tmp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(aptstate::tmp_name(&name, std::process::id()))
+}
+
+/// Removes what interrupted runs left in the cache: temporary files and directories
+/// ([`aptstate::tmp_name`]) whose process is gone, and the `.KV.tmp` directories of
+/// earlier versions of this code. Only in directories that hold unpacked packages, built
+/// modules and downloads (never a chroot, which may hold mounts).
+fn sweep_interrupted(cache: &Path) {
+    let mut dirs = vec![
+        cache.join("debs"),
+        cache.join("kernel"),
+        cache.join("headers"),
+    ];
+    dirs.extend(
+        fs::read_dir(cache.join("kmod"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let gone = |name: &str| {
+        aptstate::tmp_owner(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
     };
-    if let Err(e) = download() {
-        if !is_root() {
-            return Err(format!(
-                "apt-get download {pkg} failed (try `apt-get update` as root): {e}"
-            ));
+    for d in &dirs {
+        let legacy = d.ends_with("kernel") || d.ends_with("headers");
+        for e in fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if gone(&name) || (legacy && name.starts_with('.') && name.ends_with(".tmp")) {
+                let p = e.path();
+                eprintln!(
+                    "xtask: removing {} (left by an interrupted run)",
+                    p.display()
+                );
+                let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+            }
         }
-        apt.update()?;
-        download()?;
     }
-    Ok(())
+    // Files only at the top (initramfs and env files written through temporary names, and
+    // the `initramfs-KV.cpio.tmp` of earlier versions).
+    for e in fs::read_dir(cache).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if (gone(&name) || name.ends_with(".cpio.tmp")) && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -638,20 +874,16 @@ impl Chroot {
             "# Written by `cargo xtask vm-prepare --kernel 7` (staprun-rs): guest kernels.\n\
              Types: deb\nURIs: {uri}\nSuites: trixie-backports\nComponents: main\n"
         );
-        fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        write_atomic(&path, text)?;
         self.updated = false;
         self.update()
     }
 
-    fn depends(&mut self, pkg: &str) -> Result<String> {
-        let query = |c: &Chroot| output(&mut c.apt_cmd("apt-cache", &["depends", pkg]));
-        match query(self) {
-            Ok(s) if !s.trim().is_empty() => Ok(s),
-            _ => {
-                self.update()?;
-                query(self)
-            }
-        }
+    /// The kernel ABI `meta` depends on, from the chroot's lists as they are.
+    fn listed(&self, meta: &str) -> Option<String> {
+        output(&mut self.apt_cmd("apt-cache", &["depends", meta]))
+            .ok()
+            .and_then(|t| depends_abi(&t))
     }
 
     fn install(&mut self, pkgs: &[&str]) -> Result<()> {
@@ -672,17 +904,8 @@ impl Chroot {
 
     /// linux-headers-KV (with gcc-14, kbuild and pahole), make and binutils in the chroot.
     fn headers(&mut self, kver: &str) -> Result<()> {
-        let hdr = format!("linux-headers-{kver}");
-        let have = self
-            .root
-            .join("usr/src")
-            .join(&hdr)
-            .join("Makefile")
-            .is_file()
-            && self.root.join("usr/bin/make").is_file()
-            && self.root.join("usr/bin/as").exists();
-        if !have {
-            self.install(&[&hdr, "make", "binutils"])?;
+        if !chroot_headers_ready(&self.root, kver) {
+            self.install(&[&format!("linux-headers-{kver}"), "make", "binutils"])?;
         }
         Ok(())
     }
@@ -690,7 +913,7 @@ impl Chroot {
     /// `apt-get download PKG` in the chroot, the .deb moved to `debs`.
     fn download(&mut self, pkg: &str, debs: &Path) -> Result<()> {
         let script = format!(
-            "mkdir -p /{CHROOT_DEBS} && cd /{CHROOT_DEBS} && exec apt-get download -q -o APT::Sandbox::User=root \"$0\""
+            "mkdir -p /{CHROOT_DEBS} && cd /{CHROOT_DEBS} && rm -f -- \"$0\"_*.deb && exec apt-get download -q -o APT::Sandbox::User=root \"$0\""
         );
         let run = |c: &Chroot| output(&mut in_chroot(&c.root, &["sh", "-ec", &script, pkg]));
         if run(self).is_err() {
@@ -701,61 +924,299 @@ impl Chroot {
         let deb = find_deb(&dir, pkg)
             .ok_or_else(|| format!("apt-get download {pkg} left no .deb in {}", dir.display()))?;
         let name = deb.file_name().unwrap_or_default();
-        fs::copy(&deb, debs.join(name)).map_err(|e| format!("copy {}: {e}", deb.display()))?;
+        copy_atomic(&deb, &debs.join(name))?;
         let _ = fs::remove_file(&deb);
         Ok(())
     }
 }
 
-/// Resolves `--kernel` to an ABI and the suite it comes from (opening the trixie chroot,
-/// or adding bookworm-backports to the host's apt sources, when that suite needs it).
-fn resolve_kernel(
-    apt: &mut Apt,
-    cache: &Path,
-    wanted: Option<&str>,
-) -> Result<(String, Suite, Option<Chroot>)> {
-    let wanted = parse_wanted(wanted)?;
-    let suite = match &wanted {
-        Wanted::Newest { suite, .. } | Wanted::Abi { suite, .. } => *suite,
-    };
-    let mut chroot = match suite {
-        Suite::Trixie => Some(step("trixie chroot", || Chroot::open(apt, cache))?),
-        Suite::BookwormBackports => {
-            host_backports(apt)?;
-            None
+/// The headers of `kver` are installed in the trixie chroot at `root`, with make and as.
+fn chroot_headers_ready(root: &Path, kver: &str) -> bool {
+    root.join("usr/src")
+        .join(format!("linux-headers-{kver}"))
+        .join("Makefile")
+        .is_file()
+        && root.join("usr/bin/make").is_file()
+        && root.join("usr/bin/as").exists()
+}
+
+/// Where the guest kernels of one suite come from, as [`settle`] sees them (the decisions are
+/// [`aptstate::next`]'s).
+trait KernelSource {
+    /// The newest kernel the apt lists name, read as they are (nothing is updated).
+    fn listed(&mut self) -> Option<String>;
+    /// Whether the lists were updated in this run.
+    fn fresh(&self) -> bool;
+    fn update(&mut self) -> Result<()>;
+    /// Fetches (downloads, installs, unpacks) what kernel `kver` still lacks: its image and
+    /// headers. Each part already there is not fetched again.
+    fn fetch(&mut self, kver: &str) -> Result<()>;
+    /// The kernels of this suite prepared completely (see [`kernel_complete`]).
+    fn complete(&mut self) -> Vec<String>;
+}
+
+/// Settles which kernel of a suite to use, and fetches what it lacks: a complete prepared
+/// kernel is used without apt-get; stale lists are updated and the kernel resolved again when
+/// a fetch fails; empty lists are updated first (see [`aptstate`]). `what` names the wanted
+/// kernel in messages.
+fn settle(src: &mut dyn KernelSource, want: &Want, what: &str) -> Result<String> {
+    let mut failed: Vec<Failure> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut update_failed = false;
+    // Every fetch or update adds a fact; the decisions end well within this bound.
+    for _ in 0..8 {
+        let complete = src.complete();
+        let listed = match want {
+            Want::Exact(_) => None,
+            Want::Newest { .. } => src.listed(),
+        };
+        let fresh = src.fresh();
+        let s = Situation {
+            want,
+            listed: listed.as_deref(),
+            fresh,
+            cached: &complete,
+            failed: &failed,
+            update_failed,
+        };
+        match aptstate::next(&s) {
+            Next::Reuse(k) => {
+                eprintln!("xtask: guest kernel {k}: prepared already (no apt-get needed)");
+                return Ok(k);
+            }
+            Next::Fallback { kver, because } => {
+                eprintln!("xtask: WARNING: {because}: using the kernel prepared before, {kver}");
+                return Ok(kver);
+            }
+            Next::Fetch(k) => {
+                let lists = if fresh {
+                    "apt lists updated in this run"
+                } else {
+                    "apt lists as they were"
+                };
+                eprintln!("xtask: guest kernel {k} ({lists}): fetching what is missing");
+                match src.fetch(&k) {
+                    Ok(()) => return Ok(k),
+                    Err(e) => {
+                        eprintln!("xtask: fetching kernel {k} failed: {e}");
+                        errors.push(format!("{k}: {}", gist(&e)));
+                        failed.push(Failure { kver: k, fresh });
+                    }
+                }
+            }
+            Next::Update => {
+                if let Err(e) = src.update() {
+                    eprintln!("xtask: apt-get update failed: {e}");
+                    errors.push(format!("apt-get update: {}", gist(&e)));
+                    update_failed = true;
+                }
+            }
+            Next::Fail(why) => {
+                let root = if is_root() {
+                    ""
+                } else {
+                    " (not root: apt-get update and install need root)"
+                };
+                let seen = if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", errors.join("; "))
+                };
+                return Err(format!("cannot prepare {what}: {why}{root}{seen}"));
+            }
         }
-        Suite::Bookworm => None,
-    };
-    let kver = match wanted {
-        Wanted::Abi { kver, .. } => kver,
+    }
+    Err(format!(
+        "cannot prepare {what}: no decision after 8 steps [{}]",
+        errors.join("; ")
+    ))
+}
+
+/// The line of a (multi-line) command error that says what went wrong: apt's last `E:` line,
+/// else the first line.
+fn gist(e: &str) -> &str {
+    e.lines()
+        .rev()
+        .find(|l| l.starts_with("E: "))
+        .or_else(|| e.lines().next())
+        .unwrap_or("")
+}
+
+/// Bookworm and bookworm-backports kernels: apt on the host.
+struct HostKernels<'a, 'b> {
+    host: HostApt<'a>,
+    cache: &'b Path,
+    suite: Suite,
+    /// linux-image-cloud-amd64[/SUITE]
+    meta: String,
+}
+
+impl KernelSource for HostKernels<'_, '_> {
+    fn listed(&mut self) -> Option<String> {
+        self.host.listed(&self.meta)
+    }
+    fn fresh(&self) -> bool {
+        self.host.apt.updated
+    }
+    fn update(&mut self) -> Result<()> {
+        if self.suite == Suite::BookwormBackports {
+            host_backports(self.host.apt)?;
+        }
+        self.host.update()
+    }
+    fn fetch(&mut self, kver: &str) -> Result<()> {
+        if self.suite == Suite::BookwormBackports {
+            host_backports(self.host.apt)?;
+            unpacked_headers(&mut self.host, self.cache, kver)?;
+        } else {
+            headers(self.host.apt, kver)?;
+        }
+        let host = &mut self.host;
+        kernel_image(self.cache, kver, &mut |pkg, debs| host.download(pkg, debs)).map(|_| ())
+    }
+    fn complete(&mut self) -> Vec<String> {
+        complete_kernels(self.cache, self.suite, None)
+    }
+}
+
+/// Trixie kernels: apt in the trixie chroot.
+struct ChrootKernels<'a> {
+    ch: &'a mut Chroot,
+    cache: &'a Path,
+    meta: String,
+}
+
+impl KernelSource for ChrootKernels<'_> {
+    fn listed(&mut self) -> Option<String> {
+        self.ch.listed(&self.meta)
+    }
+    fn fresh(&self) -> bool {
+        self.ch.updated
+    }
+    fn update(&mut self) -> Result<()> {
+        self.ch.update()
+    }
+    fn fetch(&mut self, kver: &str) -> Result<()> {
+        self.ch.headers(kver)?;
+        let ch = &mut *self.ch;
+        kernel_image(self.cache, kver, &mut |pkg, debs| ch.download(pkg, debs)).map(|_| ())
+    }
+    fn complete(&mut self) -> Vec<String> {
+        complete_kernels(self.cache, Suite::Trixie, Some(&self.ch.root))
+    }
+}
+
+/// The kernels of `suite` under target/vm-cache/kernel that are prepared completely.
+fn complete_kernels(cache: &Path, suite: Suite, chroot: Option<&Path>) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(cache.join("kernel"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|k| !k.starts_with('.') && abi_suite(k) == suite)
+        .filter(|k| kernel_complete(cache, k, suite, chroot))
+        .collect();
+    out.sort_by(|a, b| aptstate::abi_cmp(a, b));
+    out
+}
+
+/// A kernel is prepared completely when its image is unpacked
+/// (target/vm-cache/kernel/KV), its headers are there (bookworm: the linux-headers-KV package
+/// installed, not just some of its files; bookworm-backports: unpacked, with the marker and the
+/// tools they need installed; trixie: installed in the chroot) and the fixture modules are built
+/// for it (whole ELF files whose vermagic names KV). Nothing of it needs apt then.
+fn kernel_complete(cache: &Path, kver: &str, suite: Suite, chroot: Option<&Path>) -> bool {
+    vmlinuz_in(&cache.join("kernel").join(kver), kver).is_some()
+        && match suite {
+            Suite::Bookworm => bookworm_headers_ready(kver),
+            Suite::BookwormBackports => backports_headers_ready(cache, kver),
+            Suite::Trixie => chroot.is_some_and(|r| chroot_headers_ready(r, kver)),
+        }
+        && fixtures_built(&cache.join("kmod").join(kver), kver)
+}
+
+/// Every fixture module in `dir` is a whole module built for `kver`.
+fn fixtures_built(dir: &Path, kver: &str) -> bool {
+    FIXTURE_MODULES
+        .iter()
+        .all(|m| fixtures_built_one(dir, m, kver))
+}
+
+/// What vm-prepare asked for: the suite, the rule, what it is called in messages.
+fn wanted_kernel(wanted: Option<&str>) -> Result<(Suite, Want, String)> {
+    Ok(match parse_wanted(wanted)? {
+        Wanted::Abi { kver, suite } => {
+            let what = format!("linux-image-{kver}");
+            (suite, Want::Exact(kver), what)
+        }
         Wanted::Newest {
-            apt_suite, prefix, ..
+            suite,
+            apt_suite,
+            prefix,
         } => {
             let meta = match apt_suite {
                 Some(s) => format!("linux-image-cloud-amd64/{s}"),
                 None => "linux-image-cloud-amd64".to_owned(),
             };
-            let text = match chroot.as_mut() {
-                Some(ch) => ch.depends(&meta),
-                None => host_depends(apt, &meta),
-            }
-            .map_err(|e| format!("cannot resolve the newest {meta} (pass --kernel ABI): {e}"))?;
-            let kver = depends_abi(&text)
-                .ok_or_else(|| format!("`apt-cache depends {meta}` names no linux-image-KV"))?;
-            if let Some(p) = prefix.filter(|p| !has_prefix(&kver, p)) {
-                return Err(format!(
-                    "--kernel {p}: the newest {meta} is {kver}, not a {p} kernel"
-                ));
-            }
-            kver
+            (suite, Want::Newest { prefix }, meta)
         }
+    })
+}
+
+/// The guest kernel for `--kernel` (see [`settle`]), with where its fixture is built (opening
+/// the trixie chroot, or adding bookworm-backports to the host's apt sources, when that suite
+/// needs it).
+fn guest_kernel(
+    apt: &mut Apt,
+    cache: &Path,
+    wanted: Option<&str>,
+) -> Result<(String, Suite, Builder)> {
+    let (suite, want, meta) = wanted_kernel(wanted)?;
+    let what = match &want {
+        Want::Exact(_) => meta.clone(),
+        Want::Newest { .. } => format!("the newest {meta} (or pass --kernel ABI)"),
     };
-    Ok((kver, suite, chroot))
+    if suite == Suite::Trixie {
+        let mut ch = step("trixie chroot", || Chroot::open(apt, cache))?;
+        let kver = settle(
+            &mut ChrootKernels {
+                ch: &mut ch,
+                cache,
+                meta,
+            },
+            &want,
+            &what,
+        )?;
+        return Ok((kver, suite, Builder::Chroot(ch.root)));
+    }
+    let kver = settle(
+        &mut HostKernels {
+            host: HostApt::new(apt),
+            cache,
+            suite,
+            meta,
+        },
+        &want,
+        &what,
+    )?;
+    let hdrs = if suite == Suite::Bookworm {
+        PathBuf::from(format!("/usr/src/linux-headers-{kver}"))
+    } else {
+        backports_headers_root(cache, &kver).join(format!("usr/src/linux-headers-{kver}"))
+    };
+    Ok((kver, suite, Builder::Host(hdrs)))
+}
+
+/// The linux-headers-KV package is installed on the host (dpkg says so: an install cut short
+/// leaves files but no "install ok installed").
+fn bookworm_headers_ready(kver: &str) -> bool {
+    Path::new(&format!("/usr/src/linux-headers-{kver}/Makefile")).is_file()
+        && dpkg_installed(&format!("linux-headers-{kver}"))
 }
 
 fn headers(apt: &mut Apt, kver: &str) -> Result<PathBuf> {
     let dir = PathBuf::from(format!("/usr/src/linux-headers-{kver}"));
-    if !dir.join("Makefile").is_file() {
+    if !bookworm_headers_ready(kver) {
         apt.install(
             &[format!("linux-headers-{kver}")],
             &format!("kernel headers for {kver} missing"),
@@ -770,16 +1231,41 @@ fn headers(apt: &mut Apt, kver: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// target/vm-cache/headers/KV.
+fn backports_headers_root(cache: &Path, kver: &str) -> PathBuf {
+    cache.join("headers").join(kver)
+}
+
+/// Marker files in target/vm-cache/headers/KV: the packages unpacked there (written last, in
+/// the temporary directory, before it is renamed into place), and the host tools they need
+/// (written once those are installed).
+const UNPACKED: &str = ".unpacked";
+const TOOLS: &str = ".tools";
+
+/// A bookworm-backports kernel's headers are unpacked, and the tools they need installed.
+fn backports_headers_ready(cache: &Path, kver: &str) -> bool {
+    let root = backports_headers_root(cache, kver);
+    root.join(UNPACKED).is_file()
+        && root
+            .join(format!("usr/src/linux-headers-{kver}/Makefile"))
+            .is_file()
+        && fs::read_to_string(root.join(TOOLS))
+            .is_ok_and(|t| t.lines().filter(|l| !l.is_empty()).all(dpkg_installed))
+}
+
 /// Headers of a bookworm-backports kernel, unpacked (not installed) under
 /// target/vm-cache/headers/KV: linux-headers-KV, its -common and its linux-kbuild package.
 /// Their one absolute path (the `include /usr/src/...-common/Makefile` line) is rewritten;
 /// the tools they need (gcc-12, pahole for the modules' BTF, ...) are installed with apt.
-fn unpacked_headers(apt: &mut Apt, cache: &Path, kver: &str) -> Result<PathBuf> {
-    let root = cache.join("headers").join(kver);
+fn unpacked_headers(host: &mut HostApt, cache: &Path, kver: &str) -> Result<PathBuf> {
+    let root = backports_headers_root(cache, kver);
     let dir = root.join("usr/src").join(format!("linux-headers-{kver}"));
-    let done = root.join(".unpacked");
+    if backports_headers_ready(cache, kver) {
+        return Ok(dir);
+    }
+    let done = root.join(UNPACKED);
     let hdr = format!("linux-headers-{kver}");
-    let deps = depends_names(&host_depends(apt, &hdr)?);
+    let deps = depends_names(&host.depends(&hdr)?);
     let mut debs_wanted = vec![hdr.clone()];
     debs_wanted.extend(
         deps.iter()
@@ -796,91 +1282,138 @@ fn unpacked_headers(apt: &mut Apt, cache: &Path, kver: &str) -> Result<PathBuf> 
         .filter(|d| d.starts_with("linux-kbuild-"))
     {
         tools.extend(
-            depends_names(&host_depends(apt, kb)?)
+            depends_names(&host.depends(kb)?)
                 .into_iter()
                 .filter(|d| !d.starts_with("linux-")),
         );
     }
     tools.sort();
     tools.dedup();
-    let missing: Vec<String> = tools.into_iter().filter(|t| !dpkg_installed(t)).collect();
+    let missing: Vec<String> = tools
+        .iter()
+        .filter(|t| !dpkg_installed(t))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
-        apt.install(&missing, &format!("tools the {kver} headers need"))?;
+        host.apt
+            .install(&missing, &format!("tools the {kver} headers need"))?;
     }
-    if done.is_file() && dir.join("Makefile").is_file() {
-        return Ok(dir);
-    }
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).map_err(|e| format!("mkdir {}: {e}", debs.display()))?;
-    let tmp = cache.join("headers").join(format!(".{kver}.tmp"));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
-    for pkg in &debs_wanted {
-        if find_deb(&debs, pkg).is_none() {
-            host_download(apt, pkg, &debs)?;
+    if !(done.is_file() && dir.join("Makefile").is_file()) {
+        let debs = cache.join("debs");
+        fs::create_dir_all(&debs).map_err(|e| format!("mkdir {}: {e}", debs.display()))?;
+        let tmp = cache
+            .join("headers")
+            .join(aptstate::tmp_name(kver, std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
+        let unpacked = (|| {
+            for pkg in &debs_wanted {
+                unpack_deb(&debs, pkg, &tmp, &mut |p, d| host.download(p, d))?;
+            }
+            let mk = tmp
+                .join("usr/src")
+                .join(format!("linux-headers-{kver}"))
+                .join("Makefile");
+            let text =
+                fs::read_to_string(&mk).map_err(|e| format!("read {}: {e}", mk.display()))?;
+            let fixed = text.replace("/usr/src/", &format!("{}/usr/src/", root.display()));
+            fs::write(&mk, fixed).map_err(|e| format!("write {}: {e}", mk.display()))?;
+            fs::write(tmp.join(UNPACKED), debs_wanted.join("\n"))
+                .map_err(|e| format!("write marker: {e}"))?;
+            let _ = fs::remove_dir_all(&root);
+            fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))
+        })();
+        if unpacked.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
         }
-        let deb = find_deb(&debs, pkg)
-            .ok_or_else(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))?;
-        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        unpacked?;
     }
-    let mk = tmp
-        .join("usr/src")
-        .join(format!("linux-headers-{kver}"))
-        .join("Makefile");
-    let text = fs::read_to_string(&mk).map_err(|e| format!("read {}: {e}", mk.display()))?;
-    let fixed = text.replace("/usr/src/", &format!("{}/usr/src/", root.display()));
-    fs::write(&mk, fixed).map_err(|e| format!("write {}: {e}", mk.display()))?;
-    fs::write(tmp.join(".unpacked"), debs_wanted.join("\n"))
-        .map_err(|e| format!("write marker: {e}"))?;
-    let _ = fs::remove_dir_all(&root);
-    fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
+    write_atomic(&root.join(TOOLS), tools.join("\n"))?;
     Ok(dir)
+}
+
+/// The kernel image in an unpacked image package: boot/vmlinuz-KV (6.x) or
+/// usr/lib/modules/KV/vmlinuz (7.x's linux-binary-KV).
+fn vmlinuz_in(root: &Path, kver: &str) -> Option<PathBuf> {
+    [
+        root.join("boot").join(format!("vmlinuz-{kver}")),
+        root.join("usr/lib/modules").join(kver).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// Unpacks PKG's .deb from `debs` into `into`, fetching it into `debs` first when it is not
+/// there. A .deb there that dpkg-deb cannot unpack (cut short by a run of earlier code) is
+/// fetched again.
+fn unpack_deb(
+    debs: &Path,
+    pkg: &str,
+    into: &Path,
+    fetch: &mut dyn FnMut(&str, &Path) -> Result<()>,
+) -> Result<()> {
+    let unpack = |deb: &Path| output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(into));
+    if let Some(deb) = find_deb(debs, pkg) {
+        match unpack(&deb) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                eprintln!(
+                    "xtask: {} does not unpack, fetching it again: {}",
+                    deb.display(),
+                    e.lines().last().unwrap_or("")
+                );
+                let _ = fs::remove_file(&deb);
+            }
+        }
+    }
+    fetch(pkg, debs)?;
+    let deb = find_deb(debs, pkg)
+        .ok_or_else(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))?;
+    unpack(&deb).map(|_| ())
 }
 
 /// The guest kernel: `linux-image-KV` (6.x: boot/vmlinuz-KV) or, when that is only a meta
 /// package (7.x), `linux-binary-KV` (usr/lib/modules/KV/vmlinuz), fetched with `fetch` into
-/// target/vm-cache/debs and unpacked with dpkg-deb under target/vm-cache/kernel/KV.
+/// target/vm-cache/debs and unpacked with dpkg-deb under target/vm-cache/kernel/KV (through a
+/// temporary directory renamed into place once the image is in it).
 fn kernel_image(
     cache: &Path,
     kver: &str,
     fetch: &mut dyn FnMut(&str, &Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let root = cache.join("kernel").join(kver);
-    let vmlinuz_in = |r: &Path| {
-        [
-            r.join("boot").join(format!("vmlinuz-{kver}")),
-            r.join("usr/lib/modules").join(kver).join("vmlinuz"),
-        ]
-        .into_iter()
-        .find(|p| p.is_file())
-    };
-    if let Some(v) = vmlinuz_in(&root) {
+    if let Some(v) = vmlinuz_in(&root, kver) {
         return Ok(v);
     }
     let debs = cache.join("debs");
     fs::create_dir_all(&debs).map_err(|e| format!("mkdir {}: {e}", debs.display()))?;
-    let tmp = cache.join("kernel").join(format!(".{kver}.tmp"));
+    let tmp = cache
+        .join("kernel")
+        .join(aptstate::tmp_name(kver, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
-    for pkg in [
-        format!("linux-image-{kver}"),
-        format!("linux-binary-{kver}"),
-    ] {
-        if find_deb(&debs, &pkg).is_none() {
-            fetch(&pkg, &debs)?;
+    let got = (|| {
+        for pkg in [
+            format!("linux-image-{kver}"),
+            format!("linux-binary-{kver}"),
+        ] {
+            unpack_deb(&debs, &pkg, &tmp, fetch)?;
+            if vmlinuz_in(&tmp, kver).is_some() {
+                let _ = fs::remove_dir_all(&root);
+                fs::rename(&tmp, &root)
+                    .map_err(|e| format!("rename to {}: {e}", root.display()))?;
+                return vmlinuz_in(&root, kver)
+                    .ok_or_else(|| format!("{} vanished", root.display()));
+            }
         }
-        let deb = find_deb(&debs, &pkg)
-            .ok_or_else(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))?;
-        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-        if vmlinuz_in(&tmp).is_some() {
-            let _ = fs::remove_dir_all(&root);
-            fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
-            return vmlinuz_in(&root).ok_or_else(|| format!("{} vanished", root.display()));
-        }
+        Err(format!(
+            "neither linux-image-{kver} nor linux-binary-{kver} holds boot/vmlinuz-{kver} or usr/lib/modules/{kver}/vmlinuz"
+        ))
+    })();
+    if got.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
     }
-    Err(format!(
-        "neither linux-image-{kver} nor linux-binary-{kver} holds boot/vmlinuz-{kver} or usr/lib/modules/{kver}/vmlinuz"
-    ))
+    got
 }
 
 pub const FIXTURE_MODULES: &[&str] = &["pmod", "pmod5", "fixture_a", "fixture_b", "plainmod"];
@@ -894,8 +1427,52 @@ enum Builder {
 }
 
 /// Builds kmod-fixture into target/vm-cache/kmod/KV (in the chroot: in /root/staprun-kmod/KV
-/// there, the .ko files then copied out).
+/// there, the .ko files then copied out, each through a temporary file). A module that is not
+/// whole or not for KV afterwards (make takes a .ko cut short by an interrupted build as up to
+/// date) is removed and made again, once.
 fn build_fixture(cache: &Path, kver: &str, builder: &Builder) -> Result<PathBuf> {
+    let dir = make_fixture(cache, kver, builder)?;
+    let bad: Vec<&str> = FIXTURE_MODULES
+        .iter()
+        .copied()
+        .filter(|m| !fixtures_built_one(&dir, m, kver))
+        .collect();
+    if bad.is_empty() {
+        return Ok(dir);
+    }
+    eprintln!(
+        "xtask: {bad:?} in {} are not whole modules for {kver}: building them again",
+        dir.display()
+    );
+    for m in &bad {
+        let _ = fs::remove_file(dir.join(format!("{m}.ko")));
+        if let Builder::Chroot(root) = builder {
+            let _ = fs::remove_file(
+                root.join("root/staprun-kmod")
+                    .join(kver)
+                    .join(format!("{m}.ko")),
+            );
+        }
+    }
+    let dir = make_fixture(cache, kver, builder)?;
+    match FIXTURE_MODULES
+        .iter()
+        .find(|m| !fixtures_built_one(&dir, m, kver))
+    {
+        None => Ok(dir),
+        Some(m) => Err(format!(
+            "kmod-fixture: {}/{m}.ko is not a whole module built for {kver}",
+            dir.display()
+        )),
+    }
+}
+
+fn fixtures_built_one(dir: &Path, m: &str, kver: &str) -> bool {
+    fs::read(dir.join(format!("{m}.ko"))).is_ok_and(|b| aptstate::module_built_for(&b, kver))
+}
+
+/// One `make modules` of kmod-fixture for KV (see [`build_fixture`]).
+fn make_fixture(cache: &Path, kver: &str, builder: &Builder) -> Result<PathBuf> {
     let src = workspace_root().join("kmod-fixture");
     let dir = cache.join("kmod").join(kver);
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
@@ -963,8 +1540,7 @@ fn build_fixture(cache: &Path, kver: &str, builder: &Builder) -> Result<PathBuf>
             ));
         }
         if build_dir != dir {
-            fs::copy(&ko, dir.join(format!("{m}.ko")))
-                .map_err(|e| format!("copy {}: {e}", ko.display()))?;
+            copy_atomic(&ko, &dir.join(format!("{m}.ko")))?;
         }
     }
     Ok(dir)
@@ -984,7 +1560,7 @@ fn cargo_static(packages: &[&str], extra: &[&str]) -> Result<()> {
     status(&mut cmd)
 }
 
-fn release_bin(name: &str) -> PathBuf {
+pub fn release_bin(name: &str) -> PathBuf {
     vm::target_dir().join(TARGET).join("release").join(name)
 }
 
@@ -1104,12 +1680,19 @@ fn initramfs(img: &Image, out: &Path) -> Result<()> {
         let data = fs::read(&p).map_err(|e| format!("read {}: {e}", p.display()))?;
         e.push(Entry::file(&format!("fixtures/{m}.ko"), 0o644, data));
     }
-    let tmp = out.with_extension("cpio.tmp");
+    let tmp = tmp_beside(out);
     let mut f = std::io::BufWriter::new(
         fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?,
     );
-    cpio::write(&mut f, &e).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    // A write error (or one only seen at the flush) never renames a cut-off archive into place.
+    let written = cpio::write(&mut f, &e)
+        .and_then(|()| std::io::Write::flush(&mut f))
+        .map_err(|e| format!("write {}: {e}", tmp.display()));
     drop(f);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, out).map_err(|e| format!("rename {}: {e}", out.display()))
 }
 
@@ -1152,41 +1735,23 @@ pub fn prepare(opts: &Options) -> Result<vm::Artifacts> {
     let t0 = Instant::now();
     let cache = vm::cache_dir();
     fs::create_dir_all(&cache).map_err(|e| format!("mkdir {}: {e}", cache.display()))?;
+    sweep_interrupted(&cache);
     let mut apt = Apt { updated: false };
     step("host tools", || host_tools(&mut apt))?;
     let wanted = opts
         .kernel
         .clone()
         .or_else(|| std::env::var(vm::KERNEL_VAR).ok());
-    let (kver, suite, chroot) = step("resolve kernel", || {
-        resolve_kernel(&mut apt, &cache, wanted.as_deref())
+    let (kver, suite, builder) = step("guest kernel (image and headers)", || {
+        guest_kernel(&mut apt, &cache, wanted.as_deref())
     })?;
     eprintln!("xtask: guest kernel {kver} ({})", suite.name());
-    let (builder, vmlinuz) = match (suite, chroot) {
-        (Suite::Trixie, Some(mut ch)) => {
-            step("kernel headers", || ch.headers(&kver))?;
-            let vmlinuz = step("kernel image", || {
-                kernel_image(&cache, &kver, &mut |pkg, debs| ch.download(pkg, debs))
-            })?;
-            (Builder::Chroot(ch.root), vmlinuz)
-        }
-        (Suite::Trixie, None) => return Err("internal: no trixie chroot".into()),
-        (s, _) => {
-            let hdrs = step("kernel headers", || {
-                if s == Suite::Bookworm {
-                    headers(&mut apt, &kver)
-                } else {
-                    unpacked_headers(&mut apt, &cache, &kver)
-                }
-            })?;
-            let vmlinuz = step("kernel image", || {
-                kernel_image(&cache, &kver, &mut |pkg, debs| {
-                    host_download(&mut apt, pkg, debs)
-                })
-            })?;
-            (Builder::Host(hdrs), vmlinuz)
-        }
-    };
+    let vmlinuz = vmlinuz_in(&cache.join("kernel").join(&kver), &kver).ok_or_else(|| {
+        format!(
+            "internal: no kernel image under {}",
+            cache.join("kernel").join(&kver).display()
+        )
+    })?;
     let kmod_dir = step("kmod-fixture", || build_fixture(&cache, &kver, &builder))?;
     step("vm-agent (static)", || {
         cargo_static(&["vm"], &["--bin", "vm-agent"])
@@ -1247,10 +1812,9 @@ pub fn prepare(opts: &Options) -> Result<vm::Artifacts> {
     // Every kernel gets its own env file (VMTEST_KERNEL selects it); vm-test.env, which the
     // tests read by default, only ever names the default suite's kernel.
     let env_path = cache.join(vm::kernel_env_name(&kver));
-    fs::write(&env_path, &env).map_err(|e| format!("write {}: {e}", env_path.display()))?;
+    write_atomic(&env_path, &env)?;
     if suite == Suite::Bookworm {
-        let default = cache.join(vm::ENV_FILE);
-        fs::write(&default, &env).map_err(|e| format!("write {}: {e}", default.display()))?;
+        write_atomic(&cache.join(vm::ENV_FILE), &env)?;
     }
     eprintln!(
         "xtask: vm-prepare done in {:.1}s -> {}",
@@ -1258,4 +1822,189 @@ pub fn prepare(opts: &Options) -> Result<vm::Artifacts> {
         env_path.display()
     );
     Ok(art)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel images only, through a [`HostApt`] that may read another lists directory:
+    /// nothing is installed on the host.
+    struct ImageOnly<'a, 'b> {
+        host: HostApt<'a>,
+        cache: &'b Path,
+    }
+
+    impl KernelSource for ImageOnly<'_, '_> {
+        fn listed(&mut self) -> Option<String> {
+            self.host.listed("linux-image-cloud-amd64")
+        }
+        fn fresh(&self) -> bool {
+            self.host.apt.updated
+        }
+        fn update(&mut self) -> Result<()> {
+            self.host.update()
+        }
+        fn fetch(&mut self, kver: &str) -> Result<()> {
+            let host = &mut self.host;
+            kernel_image(self.cache, kver, &mut |p, d| host.download(p, d)).map(|_| ())
+        }
+        fn complete(&mut self) -> Vec<String> {
+            fs::read_dir(self.cache.join("kernel"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|k| vmlinuz_in(&self.cache.join("kernel").join(k), k).is_some())
+                .collect()
+        }
+    }
+
+    fn resolve(lists: &Path, cache: &Path) -> (Result<String>, bool) {
+        let mut apt = Apt { updated: false };
+        let mut src = ImageOnly {
+            host: HostApt {
+                apt: &mut apt,
+                lists: Some(lists.to_path_buf()),
+            },
+            cache,
+        };
+        let r = settle(&mut src, &Want::Newest { prefix: None }, "test kernel");
+        (r, apt.updated)
+    }
+
+    /// (name, size, modification time) of every file in the host's lists directory.
+    fn lists_state(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    m.len(),
+                    m.modified().ok()?,
+                ))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A Release file as an older one: every index hash zeroed.
+    fn stale_release(text: &str) -> String {
+        text.lines()
+            .map(|l| {
+                let hash = l
+                    .strip_prefix(' ')
+                    .and_then(|r| r.split_once(' '))
+                    .map(|(h, _)| h)
+                    .filter(|h| {
+                        [32, 40, 64].contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit())
+                    });
+                match hash {
+                    Some(h) => l.replacen(h, &"0".repeat(h.len()), 1),
+                    None => l.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+
+    /// The issue, for real: lists months old name a cloud kernel whose packages are gone
+    /// from the mirror (404). The host's lists are copied to a temporary directory and the
+    /// current ABI rewritten in them to an older one, so apt resolves and tries to download
+    /// that; then the lists (that copy only) must be updated and the kernel resolved again.
+    /// Then: empty lists with the kernel prepared use it without apt; empty lists without it
+    /// are updated first. The host's own lists are compared before and after.
+    ///
+    /// Needs root, the network and a bookworm host:
+    /// `cargo test -p xtask -- --ignored --nocapture stale_empty_and_fresh_lists_for_real`.
+    #[test]
+    #[ignore = "needs root, the network and a bookworm host"]
+    fn stale_empty_and_fresh_lists_for_real() {
+        assert!(
+            is_root(),
+            "run as root (apt-get update into a temporary lists directory)"
+        );
+        let host_lists = host_lists_dir();
+        let before = lists_state(&host_lists);
+        let base = std::env::temp_dir().join(format!("xtask-stale-lists-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (lists, cache) = (base.join("lists"), base.join("cache"));
+        fs::create_dir_all(lists.join("partial")).unwrap();
+        let mut apt = Apt { updated: false };
+        let current = HostApt::new(&mut apt)
+            .listed("linux-image-cloud-amd64")
+            .expect("the host's lists name a cloud kernel");
+        // 6.1.0-57-cloud-amd64 -> 6.1.0-48-cloud-amd64
+        let (head, rest) = current.split_once('-').unwrap();
+        let (n, tail) = rest.split_once('-').unwrap();
+        let n: u32 = n.parse().unwrap();
+        let stale = format!("{head}-{}-{tail}", n.saturating_sub(9));
+        eprintln!("current {current}, stale lists will name {stale}");
+        for e in fs::read_dir(&host_lists).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let p = e.path();
+            if !name.contains("_Packages") && !name.ends_with("Release") {
+                continue;
+            }
+            let (plain, text) = match name.rsplit_once('.') {
+                Some((stem, z @ ("lz4" | "gz" | "xz"))) => {
+                    let tool = match z {
+                        "lz4" => "lz4",
+                        "gz" => "gzip",
+                        _ => "xz",
+                    };
+                    let t = output(Command::new(tool).arg("-dc").arg(&p)).unwrap();
+                    (stem.to_owned(), t)
+                }
+                _ => (name.clone(), fs::read_to_string(&p).unwrap()),
+            };
+            let text = if plain.contains("_Packages") {
+                text.replace(&current, &stale)
+            } else {
+                // Old Release files list other index hashes (apt takes an index whose hash
+                // did not change between the old and the new Release file as up to date).
+                stale_release(&text)
+            };
+            fs::write(lists.join(plain), text).unwrap();
+        }
+        let stale_view = HostApt {
+            apt: &mut Apt { updated: false },
+            lists: Some(lists.clone()),
+        }
+        .listed("linux-image-cloud-amd64");
+        assert_eq!(stale_view.as_deref(), Some(stale.as_str()));
+
+        // Stale lists: 404, update, resolve again.
+        let (r, updated) = resolve(&lists, &cache);
+        assert_eq!(r.as_deref(), Ok(current.as_str()), "{r:?}");
+        assert!(updated);
+        assert!(vmlinuz_in(&cache.join("kernel").join(&current), &current).is_some());
+        let leftovers: Vec<_> = ["kernel", "debs"]
+            .iter()
+            .flat_map(|d| fs::read_dir(cache.join(d)).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Empty lists, kernel prepared: used without apt (the lists stay empty).
+        let empty = base.join("empty-lists");
+        fs::create_dir_all(empty.join("partial")).unwrap();
+        let (r, updated) = resolve(&empty, &cache);
+        assert_eq!(r.as_deref(), Ok(current.as_str()), "{r:?}");
+        assert!(!updated && lists_empty_in(&empty));
+
+        // Empty lists, nothing prepared (the .deb is kept): updated first.
+        fs::remove_dir_all(cache.join("kernel")).unwrap();
+        let (r, updated) = resolve(&empty, &cache);
+        assert_eq!(r.as_deref(), Ok(current.as_str()), "{r:?}");
+        assert!(updated && !lists_empty_in(&empty));
+
+        assert_eq!(before, lists_state(&host_lists), "the host's lists changed");
+        let _ = fs::remove_dir_all(&base);
+    }
 }

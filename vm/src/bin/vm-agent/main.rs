@@ -9,12 +9,14 @@ mod attacks;
 mod attacks_r2;
 mod bench;
 mod compat;
+mod debian;
 mod install;
 mod product;
 mod proto;
 mod scenarios;
 mod sys;
 mod util;
+mod vermagic;
 
 use std::time::Instant;
 
@@ -62,6 +64,9 @@ fn main() {
                 std::process::exit(e.raw_os_error().unwrap_or(1));
             }
         }
+    }
+    if args.get(1).map(String::as_str) == Some("--debian") {
+        debian::main();
     }
     if args.get(1).map(String::as_str) == Some("--attack") {
         std::process::exit(attacks::helper(&args[2..]));

@@ -23,6 +23,7 @@ fn all() -> impl Iterator<Item = &'static (&'static str, Scenario)> {
         .chain(crate::attacks::SCENARIOS.iter())
         .chain(crate::attacks_r2::SCENARIOS.iter())
         .chain(crate::bench::SCENARIOS.iter())
+        .chain(crate::vermagic::SCENARIOS.iter())
 }
 
 pub fn find(name: &str) -> Option<Scenario> {

@@ -1,0 +1,397 @@
+//! `debian-test`: the product on a real Debian bookworm system in a QEMU guest: systemd as
+//! PID 1 with journald, dpkg and apt, Debian's SystemTap 4.8 (`stap`) next to our package, and
+//! real users logging in with `runuser -l`. Guest side: `vm/src/bin/vm-agent/debian.rs`; test
+//! binary: `vm/tests/debian.rs`; documented in docs/debian.md.
+//!
+//! ```text
+//! target/debian-guest/root/            the guest's root file system (cached; built in
+//!                                      .root.tmp-PID from deb-test's debootstrap base and renamed
+//!                                      into place when complete; STAMP names the recipe)
+//! target/debian-guest/base-KVER.img    ext4 image of root/ (mkfs.ext4 -d), the disks' backing file
+//! target/debian-guest/vmlinuz, initrd  the guest kernel and the initramfs Debian built for it
+//! target/debian-guest/share/           this run's files: staprun-rs.deb, vm-agent, pmod.ko
+//! target/debian-guest/share.img        them as an ext4 image, the guest's read-only /dev/vdb
+//! target/debian-guest/debian.env       what the test binary boots
+//! ```
+//!
+//! The image holds systemd, `systemtap` (the translator and Debian's C staprun/stapio), the
+//! guest kernel's image and headers, users alice (stapusr), bob (stapusr, stapdev) and carol,
+//! and `vmtest.service`, which mounts the second disk and runs `vm-agent --debian` (the scenario is
+//! on the kernel command line). Our package is installed by each guest from the share with
+//! apt, so the image does not change with our code. bob's stap cache is filled at image build
+//! (`stap -r KVER -p4` of the scripts the tests run, in the chroot), so the guest's `stap`
+//! finds its modules there instead of compiling under TCG (the tests say which it did).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::Result;
+use crate::debtest::{Chroot, base_chroot, remove_tree, top_dir};
+use crate::prepare::{self, output, workspace_root};
+
+/// Written into the root when it is complete; a new recipe needs a new text.
+const STAMP: &str = ".staprun-rs-debian-guest";
+/// Written into the root when bob's stap cache holds the modules of [`cached_commands`].
+const CACHE_STAMP: &str = ".staprun-rs-debian-guest-cache";
+
+/// The stap command lines whose modules are compiled into bob's stap cache at image build:
+/// the guest's tests run the same lines, so stap finds the same cache entries.
+fn cached_commands() -> Vec<String> {
+    let mut v: Vec<String> = vm::DEBIAN_STAP_RUNS.iter().map(vm::stap_command).collect();
+    v.push("stap -v -e 'probe begin { println(\"hello\") exit() }'".to_owned());
+    v.dedup();
+    v
+}
+
+fn dir() -> PathBuf {
+    vm::target_dir().join("debian-guest")
+}
+
+fn stamp_text(kver: &str) -> String {
+    format!("recipe 3; kernel {kver}\n")
+}
+
+const VMTEST_UNIT: &str = "[Unit]
+Description=staprun-rs guest test agent
+After=multi-user.target systemd-journald.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vmtest-run
+StandardOutput=journal+console
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const VMTEST_RUN: &str = "#!/bin/sh
+# Mounts this run's files (the second disk, read-only) and runs the test agent from them.
+mkdir -p /mnt/vmtest
+mount -o ro /dev/vdb /mnt/vmtest
+exec /mnt/vmtest/vm-agent --debian
+";
+
+/// The root file system, built when missing or of another recipe.
+fn root(kver: &str) -> Result<PathBuf> {
+    let d = dir();
+    fs::create_dir_all(&d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+    let root = d.join("root");
+    let want = stamp_text(kver);
+    if fs::read_to_string(root.join(STAMP)).ok().as_deref() == Some(want.as_str()) {
+        eprintln!("xtask: reusing the Debian guest root {}", root.display());
+        return Ok(root);
+    }
+    // Leftovers of interrupted runs.
+    if let Ok(rd) = fs::read_dir(&d) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = n.strip_prefix(".root.tmp-")
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                remove_tree(&e.path())?;
+            }
+        }
+    }
+    let top = top_dir();
+    fs::create_dir_all(&top).map_err(|e| format!("mkdir {}: {e}", top.display()))?;
+    let base = base_chroot(&top)?;
+    let tmp = d.join(format!(".root.tmp-{}", std::process::id()));
+    remove_tree(&tmp)?;
+    let t0 = Instant::now();
+    output(Command::new("cp").arg("-a").arg(&base).arg(&tmp))?;
+    let kdeb = fs::read_dir(vm::cache_dir().join("debs"))
+        .map_err(|e| format!("read the kernel debs: {e}"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("linux-image-{kver}_"))
+            })
+        })
+        .ok_or_else(|| format!("no linux-image-{kver} package in the vm cache"))?;
+    fs::copy(&kdeb, tmp.join("tmp/kernel.deb"))
+        .map_err(|e| format!("copy {}: {e}", kdeb.display()))?;
+    fs::write(
+        tmp.join("etc/apt/sources.list.d/updates.sources"),
+        prepare::bookworm_update_sources()?,
+    )
+    .map_err(|e| format!("write updates.sources: {e}"))?;
+    let archives = top.join("apt-archives");
+    fs::create_dir_all(&archives).map_err(|e| format!("mkdir {}: {e}", archives.display()))?;
+    let log = fs::File::create(d.join("build.log")).ok();
+    let mut ch = Chroot {
+        root: tmp.clone(),
+        archives: Some(archives),
+        log,
+    };
+    eprintln!(
+        "xtask: Debian guest: installing systemd, systemtap and the kernel in {}",
+        tmp.display()
+    );
+    ch.sh(&format!(
+        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+apt-get update -q
+apt-get install -y -q systemd-sysv udev kmod procps util-linux initramfs-tools \
+  systemtap linux-headers-{kver} /tmp/kernel.deb
+rm -f /tmp/kernel.deb"
+    ))?;
+    patch_runtime(&tmp)?;
+    ch.sh(
+        "getent group stapusr >/dev/null && getent group stapdev >/dev/null
+useradd -m -s /bin/bash -G stapusr alice
+useradd -m -s /bin/bash -G stapusr,stapdev bob
+useradd -m -s /bin/bash carol
+echo vmtest > /etc/hostname
+printf '/dev/vda / ext4 defaults 0 1\\n' > /etc/fstab
+passwd -d root >/dev/null
+mkdir -p /usr/local/sbin /etc/systemd/system/multi-user.target.wants
+systemctl mask serial-getty@ttyS1.service >/dev/null 2>&1 || true",
+    )?;
+    fs::write(tmp.join("etc/systemd/system/vmtest.service"), VMTEST_UNIT)
+        .map_err(|e| format!("write vmtest.service: {e}"))?;
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/vmtest.service",
+        tmp.join("etc/systemd/system/multi-user.target.wants/vmtest.service"),
+    )
+    .map_err(|e| format!("enable vmtest.service: {e}"))?;
+    let run = tmp.join("usr/local/sbin/vmtest-run");
+    fs::write(&run, VMTEST_RUN).map_err(|e| format!("write vmtest-run: {e}"))?;
+    output(Command::new("chmod").arg("755").arg(&run))?;
+    ch.sh("rm -f /usr/sbin/policy-rc.d; apt-get clean")?;
+    for f in [
+        format!("boot/vmlinuz-{kver}"),
+        format!("boot/initrd.img-{kver}"),
+        "usr/bin/stap".to_owned(),
+        "usr/bin/staprun".to_owned(),
+        "lib/systemd/systemd".to_owned(),
+    ] {
+        if !tmp.join(&f).exists() {
+            return Err(format!("the Debian guest root has no /{f}"));
+        }
+    }
+    fs::write(tmp.join(STAMP), &want).map_err(|e| format!("write {STAMP}: {e}"))?;
+    remove_tree(&root)?;
+    fs::rename(&tmp, &root).map_err(|e| format!("rename to {}: {e}", root.display()))?;
+    eprintln!(
+        "xtask: Debian guest root built in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(root)
+}
+
+/// bob's stap cache in the root: the modules of [`cached_commands`], compiled with
+/// `stap -r KVER -p4` in the root as a chroot (redone when the list changes).
+fn fill_cache(root: &Path, kver: &str) -> Result<()> {
+    let stamp = root.join(CACHE_STAMP);
+    let want = cached_commands().join("\n");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&stamp);
+    let top = top_dir();
+    let mut ch = Chroot {
+        root: root.to_path_buf(),
+        archives: Some(top.join("apt-archives")),
+        log: fs::File::create(dir().join("cache.log")).ok(),
+    };
+    let t0 = Instant::now();
+    eprintln!("xtask: Debian guest: filling bob's stap cache (stap -r {kver} -p4)");
+    for cmd in cached_commands() {
+        let rest = cmd.strip_prefix("stap ").unwrap_or(&cmd);
+        // A command line stap refuses (an option this version lacks) has nothing to cache:
+        // the guest sees the same refusal with either staprun.
+        if let Err(e) = ch.sh(&format!(
+            "cd /home/bob && runuser -u bob -- env HOME=/home/bob PATH=/usr/bin:/bin stap -r {kver} -p4 {rest} >/dev/null"
+        )) {
+            eprintln!("xtask: Debian guest: not cached: {cmd}: {}", e.lines().last().unwrap_or(""));
+        }
+    }
+    fs::write(&stamp, want).map_err(|e| format!("write {}: {e}", stamp.display()))?;
+    eprintln!(
+        "xtask: Debian guest: stap cache filled in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Debian's SystemTap 4.8 runtime does not build against bookworm's current kernels, whose
+/// headers renamed `task_work_cancel()` to `task_work_cancel_func()` (a stable backport): every
+/// `stap` run fails at pass 4 there. The image applies the compat suite's patch
+/// (compat/runtime-4.8-task_work_cancel_func.patch) to the installed runtime, as an
+/// administrator of such a system would have to; without the rename it is left alone.
+fn patch_runtime(root: &Path) -> Result<()> {
+    let runtime = root.join("usr/share/systemtap/runtime");
+    let renamed = fs::read_dir(root.join("usr/src"))
+        .map_err(|e| format!("read usr/src: {e}"))?
+        .flatten()
+        .map(|e| e.path().join("include/linux/task_work.h"))
+        .filter_map(|h| fs::read_to_string(h).ok())
+        .any(|t| t.contains("task_work_cancel_func("));
+    let used = fs::read_to_string(runtime.join("stp_task_work.c"))
+        .map_err(|e| format!("read the installed runtime: {e}"))?
+        .contains("task_work_cancel_func");
+    if !renamed || used {
+        return Ok(());
+    }
+    let patch = workspace_root().join("compat/runtime-4.8-task_work_cancel_func.patch");
+    let out = Command::new("patch")
+        .args([
+            "-p1",
+            "--forward",
+            "--batch",
+            "--no-backup-if-mismatch",
+            "-d",
+        ])
+        .arg(&runtime)
+        .stdin(fs::File::open(&patch).map_err(|e| format!("open {}: {e}", patch.display()))?)
+        .output()
+        .map_err(|e| format!("cannot run patch: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} does not apply to the guest's runtime: {}{}",
+            patch.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!(
+        "xtask: Debian guest: the SystemTap 4.8 runtime is patched for task_work_cancel_func"
+    );
+    Ok(())
+}
+
+/// The ext4 image of `root` (rebuilt when the root is newer), the kernel and the initrd.
+fn image(root: &Path, kver: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let d = dir();
+    let img = d.join(format!("base-{kver}.img"));
+    let stamp = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = match (
+        stamp(&img),
+        stamp(&root.join(STAMP)),
+        stamp(&root.join(CACHE_STAMP)),
+    ) {
+        (Some(i), Some(r), Some(c)) => i > r && i > c,
+        _ => false,
+    };
+    if !fresh {
+        let tmp = d.join(format!(".base.tmp-{}.img", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let t0 = Instant::now();
+        output(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "vmroot", "-d"])
+                .arg(root)
+                .arg(&tmp)
+                .arg("6G"),
+        )?;
+        fs::rename(&tmp, &img).map_err(|e| format!("rename to {}: {e}", img.display()))?;
+        eprintln!(
+            "xtask: Debian guest image built in {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let kernel = d.join("vmlinuz");
+    let initrd = d.join("initrd");
+    for (from, to) in [
+        (root.join(format!("boot/vmlinuz-{kver}")), &kernel),
+        (root.join(format!("boot/initrd.img-{kver}")), &initrd),
+    ] {
+        fs::copy(&from, to).map_err(|e| format!("copy {}: {e}", from.display()))?;
+    }
+    Ok((img, kernel, initrd))
+}
+
+/// Everything the Debian guest tests need; writes `debian.env`.
+pub fn prepare(opts: &prepare::Options) -> Result<PathBuf> {
+    let art = prepare::prepare(opts)?;
+    // Host tools of this stage: copy-on-write disks, the ext4 image, the runtime patch.
+    let mut apt = prepare::Apt { updated: false };
+    for (tool, pkg) in [
+        ("qemu-img", "qemu-utils"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("patch", "patch"),
+    ] {
+        if vm::which(tool).is_none() {
+            apt.install(&[pkg.to_owned()], &format!("{tool} missing"))?;
+        }
+    }
+    crate::dist::dist(&crate::dist::Paths::for_prefix(Path::new("/usr")))?;
+    let deb = crate::deb::deb()?;
+    let root = root(&art.kver)?;
+    fill_cache(&root, &art.kver)?;
+    let (img, kernel, initrd) = image(&root, &art.kver)?;
+    let share = dir().join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share).map_err(|e| format!("mkdir {}: {e}", share.display()))?;
+    let copy = |from: &Path, name: &str| {
+        fs::copy(from, share.join(name)).map_err(|e| format!("copy {}: {e}", from.display()))
+    };
+    copy(&deb, "staprun-rs.deb")?;
+    copy(&prepare::release_bin("vm-agent"), "vm-agent")?;
+    copy(
+        &vm::cache_dir().join("kmod").join(&art.kver).join("pmod.ko"),
+        "pmod.ko",
+    )?;
+    // The cloud kernel has no 9p: the files travel on a second, read-only disk.
+    let share_img = dir().join("share.img");
+    let _ = fs::remove_file(&share_img);
+    output(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "vmtest", "-d"])
+            .arg(&share)
+            .arg(&share_img)
+            .arg("64M"),
+    )?;
+    let env = dir().join("debian.env");
+    fs::write(
+        &env,
+        format!(
+            "kver={}\nkernel={}\ninitrd={}\nimage={}\nshare={}\naccel={}\ncpu={}\n",
+            art.kver,
+            kernel.display(),
+            initrd.display(),
+            img.display(),
+            share_img.display(),
+            art.accel,
+            art.cpu
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", env.display()))?;
+    Ok(env)
+}
+
+/// Only the root file system and its image, for the kernel vm-prepare last prepared.
+pub fn image_only() -> Result<()> {
+    let art = vm::Artifacts::load()?;
+    let root = root(&art.kver)?;
+    fill_cache(&root, &art.kver)?;
+    image(&root, &art.kver).map(|_| ())
+}
+
+/// `debian-test`: prepare, then `cargo test -p vm --test debian`.
+pub fn debian_test(opts: &prepare::Options, test_args: &[String]) -> Result<()> {
+    if std::env::var_os("DEBIAN_IMAGE_ONLY").is_some() {
+        return image_only();
+    }
+    let t0 = Instant::now();
+    let env = prepare(opts)?;
+    let prep = t0.elapsed();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["test", "-p", "vm", "--test", "debian", "--"])
+        .args(test_args)
+        .env("VMTEST_DEBIAN_ENV", &env)
+        .current_dir(workspace_root());
+    eprintln!("xtask: running {cmd:?}");
+    let r = prepare::status(&mut cmd);
+    eprintln!(
+        "xtask: debian-test wall time {:.1}s (prepare {:.1}s, tests {:.1}s)",
+        t0.elapsed().as_secs_f64(),
+        prep.as_secs_f64(),
+        (t0.elapsed() - prep).as_secs_f64()
+    );
+    r.map_err(|e| format!("Debian guest tests failed: {e}"))
+}
