@@ -1160,6 +1160,29 @@ pub fn syslog_authpriv(priority: libc::c_int, line: &str) {
     }
 }
 
+/// Send one line to syslog with the identity `ident` and the facility
+/// `facility` (e.g. `libc::LOG_DAEMON`) at `priority` (e.g.
+/// `libc::LOG_ERR`), with a constant format so the text is never
+/// interpreted. `ident` is static because `openlog` keeps the pointer; the
+/// facility is also given with each record, so it holds even where another
+/// `openlog` of the process chose another default.
+pub fn syslog(ident: &'static CStr, facility: libc::c_int, priority: libc::c_int, line: &str) {
+    let Ok(msg) = CString::new(line.replace('\0', " ")) else {
+        return;
+    };
+    let priority = (priority & libc::LOG_PRIMASK) | (facility & libc::LOG_FACMASK);
+    // SAFETY: `ident` is a static C string (openlog keeps the pointer);
+    // the format is a constant "%s" and `msg` a valid C string.
+    unsafe {
+        libc::openlog(
+            ident.as_ptr(),
+            libc::LOG_PID | libc::LOG_NDELAY,
+            facility & libc::LOG_FACMASK,
+        );
+        libc::syslog(priority, c"%s".as_ptr(), msg.as_ptr());
+    }
+}
+
 /// The user name of `uid`, if the password database has one.
 pub fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 16384];

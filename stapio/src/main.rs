@@ -2,6 +2,7 @@
 //! (daemonize), run, unload. The only place that prints the final error.
 #![forbid(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::Path;
@@ -21,7 +22,10 @@ fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut color = ColorMode::Auto;
     let mut undo = None;
-    let code = match run(&args, &mut color, &mut undo) {
+    // Set once stapio has daemonized (-D): from then on its messages,
+    // these last ones too, go to syslog.
+    let daemonized = Cell::new(false);
+    let code = match run(&args, &mut color, &mut undo, &daemonized) {
         Ok(code) => code,
         Err(Error::Usage(e)) => {
             eprintln!("stapio: {e}");
@@ -29,7 +33,7 @@ fn main() {
             1
         }
         Err(e) => {
-            Diag::stderr(color).error(&e.to_string());
+            diag(color, &daemonized).error(&e.to_string());
             1
         }
     };
@@ -37,7 +41,7 @@ fn main() {
     // process becomes `staprun --undo-start MODULE` instead.
     if let Some((unloader, name)) = undo {
         let e = StaprunUnloader::exec_undo(&unloader, &name);
-        Diag::stderr(color).error(&format!(
+        diag(color, &daemonized).error(&format!(
             "cannot run staprun to unload {name}: {e}; unload it with 'staprun -d {name}'"
         ));
         std::process::exit(1);
@@ -45,9 +49,23 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Where a last message goes: stderr, or syslog once daemonized.
+fn diag(color: ColorMode, daemonized: &Cell<bool>) -> Diag {
+    if daemonized.get() {
+        Diag::syslog()
+    } else {
+        Diag::stderr(color)
+    }
+}
+
 type Undo = Option<(StaprunUnloader, ModName)>;
 
-fn run(args: &[OsString], color: &mut ColorMode, undo: &mut Undo) -> Result<i32, Error> {
+fn run(
+    args: &[OsString],
+    color: &mut ColorMode,
+    undo: &mut Undo,
+    daemonized: &Cell<bool>,
+) -> Result<i32, Error> {
     let ids = sys::ids().map_err(Error::Setup)?;
     if ids.ruid != ids.euid || ids.rgid != ids.egid {
         return Err(Error::Setuid {
@@ -82,8 +100,8 @@ fn run(args: &[OsString], color: &mut ColorMode, undo: &mut Undo) -> Result<i32,
     // The name only: stapio never loads anything.
     let name = cli::resolve_module(&opts.module, Path::new("/"))?.name;
     let unloader = StaprunUnloader::new(opts.verbose, opts.color);
-    let found = std::cell::Cell::new(opts.relay_fd.is_some());
-    let result = start(&opts, &name, &unloader, &found);
+    let found = Cell::new(opts.relay_fd.is_some());
+    let result = start(&opts, &name, &unloader, &found, daemonized);
     // A stapio that could not start leaves nothing loaded (a module it
     // attached to with -A is not its to unload; one that is not there
     // needs nothing).
@@ -101,7 +119,8 @@ fn start(
     opts: &cli::Options,
     name: &ModName,
     unloader: &StaprunUnloader,
-    found: &std::cell::Cell<bool>,
+    found: &Cell<bool>,
+    daemonized: &Cell<bool>,
 ) -> Result<i32, Error> {
     let kernel = LinuxKernel;
     let dir: Box<dyn ModuleDir> = match opts.relay_fd {
@@ -128,11 +147,17 @@ fn start(
     let diag = Diag::stderr(opts.color);
     let streams = Streams {
         stdout: Box::new(std::io::stdout()),
-        diag,
+        diag: diag.clone(),
     };
     let session = Session::connect(cfg, &kernel, dir, streams, signals)?;
     if opts.daemon {
         sys::daemonize().map_err(Error::Daemon)?;
+        // The caller's shell has its prompt back: from here on, the
+        // module's ERROR/WARNING text and stapio's own messages go to
+        // syslog (ident "stapio", facility daemon), as with the C stapio.
+        // The session holds a clone of `diag`, so it follows.
+        diag.use_syslog();
+        daemonized.set(true);
         println!("{}", sys::getpid());
         let _ = std::io::stdout().flush();
         sys::redirect_to_dev_null(&[1, 2]).map_err(Error::Daemon)?;

@@ -2,7 +2,10 @@
 //! staged tree (no cargo-deb, no fakeroot: `--root-owner-group` makes every file root:root).
 //!
 //! Contents: /usr/bin/staprun (0755 in the archive; postinst registers the 04110 root:stapusr
-//! statoverride), /usr/libexec/staprun/stapio, man pages, completions, docs, lintian overrides.
+//! statoverride), /usr/libexec/staprun/stapio, man pages, completions, docs, lintian overrides,
+//! the systemd unit /lib/systemd/system/staprun@.service (Debian bookworm keeps units in /lib) and
+//! its example drop-in under /usr/share/doc/staprun-rs/examples/ (nothing under /etc: the
+//! configuration is the administrator's, one drop-in per module, so the package has no conffile).
 //! Maintainer scripts and the trigger come from packaging/debian/: preinst diverts
 //! systemtap-runtime's /usr/bin/staprun and staprun(8) (docs/packaging.md), so the package
 //! coexists with systemtap-runtime and systemtap; `deb-test` checks that with real dpkg and apt.
@@ -18,6 +21,10 @@ use crate::install;
 use crate::prepare::{Apt, is_root, output, workspace_root};
 
 pub const PACKAGE: &str = "staprun-rs";
+/// Where the package puts `staprun@.service`, relative to the root.
+pub const UNIT_DIR: &str = "lib/systemd/system";
+/// The example drop-in, relative to /usr/share/doc/staprun-rs.
+pub const EXAMPLE_DROP_IN: &str = "examples/staprun@pmod.service.d/override.conf";
 const MAINTAINER: &str =
     "staprun-rs maintainers <maintainers@users.noreply.r-seed-0084edc1.example>";
 
@@ -92,6 +99,9 @@ Description: SystemTap module loader (staprun) and runner (stapio), in Rust
  and stapsys: only modules in /lib/modules/$(uname -r)/systemtap), loads it,
  drops privilege and runs stapio, which prints the module's output. Every
  load, refusal and unload is logged to syslog (authpriv).
+ .
+ The systemd unit staprun@.service runs an approved module as a service,
+ as a configured member of stapusr: systemctl enable --now staprun@NAME.
  .
  It coexists with systemtap-runtime and systemtap (stap): it diverts
  /usr/bin/staprun and staprun(8) of systemtap-runtime, so stap runs this
@@ -193,6 +203,18 @@ pub fn deb() -> Result<PathBuf> {
             write_file(&doc.join(dst), &read(&p)?, 0o644)?;
         }
     }
+    // The unit, as for `cargo xtask install --prefix /usr` but in /lib/systemd/system, where
+    // bookworm's packages keep theirs; and the example drop-in.
+    write_file(
+        &stage.join(UNIT_DIR).join(install::UNIT_NAME),
+        &install::unit_text(&paths)?,
+        0o644,
+    )?;
+    write_file(
+        &doc.join(EXAMPLE_DROP_IN),
+        &read(&root.join("packaging/systemd/example-override.conf"))?,
+        0o644,
+    )?;
     write_file(
         &stage.join("usr/share/lintian/overrides").join(PACKAGE),
         &read(&root.join("packaging/debian/lintian-overrides"))?,
@@ -242,6 +264,8 @@ pub fn deb() -> Result<PathBuf> {
         "./usr/share/zsh/vendor-completions/_staprun",
         "./usr/share/fish/vendor_completions.d/staprun.fish",
         "./usr/share/lintian/overrides/staprun-rs",
+        "./lib/systemd/system/staprun@.service",
+        "./usr/share/doc/staprun-rs/examples/staprun@pmod.service.d/override.conf",
     ] {
         if !listing.lines().any(|l| l.ends_with(want)) {
             return Err(format!("{} has no {want}", deb.display()));

@@ -1,6 +1,7 @@
 //! `install` and `uninstall`: staprun 04110 root:stapusr and stapio 0755 at the paths fixed at
 //! build time (`STAPRUN_PATH`, `STAPIO_PATH`, from `--prefix`), the stapusr/stapsys/stapdev
-//! groups, the blessed directory for the running kernel, man pages and completions.
+//! groups, the blessed directory for the running kernel, man pages and completions, and the
+//! systemd unit `staprun@.service` for the prefixes systemd searches (/usr, /usr/local).
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
@@ -84,6 +85,55 @@ pub fn put(dst: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Res
     let own = owner.map_or(String::new(), |(u, g)| format!(" {u}:{g}"));
     eprintln!("xtask: installed {} {mode:04o}{own}", dst.display());
     Ok(())
+}
+
+/// The unit template as shipped (packaging/systemd/staprun@.service): it runs `/usr/bin/staprun`.
+pub const UNIT_SOURCE: &str = "packaging/systemd/staprun@.service";
+/// The unit's file name.
+pub const UNIT_NAME: &str = "staprun@.service";
+/// The staprun path the unit template names (on its ExecStart= and ExecStopPost= lines).
+const UNIT_STAPRUN: &str = "/usr/bin/staprun";
+
+/// Where `install` puts the unit, relative to the root of the install: `PREFIX/lib/systemd/system`
+/// for the two prefixes whose unit directory systemd searches (/usr/lib/systemd/system and
+/// /usr/local/lib/systemd/system); None for any other prefix (systemd would not find it there).
+pub fn unit_path(paths: &Paths) -> Option<PathBuf> {
+    let p = paths.prefix.strip_prefix("/").unwrap_or(&paths.prefix);
+    [Path::new("/usr"), Path::new("/usr/local")]
+        .contains(&paths.prefix.as_path())
+        .then(|| p.join("lib/systemd/system").join(UNIT_NAME))
+}
+
+/// The unit template's text for `paths`: it runs `paths.staprun` in place of `/usr/bin/staprun`.
+pub fn unit_text(paths: &Paths) -> Result<Vec<u8>> {
+    let src = crate::prepare::workspace_root().join(UNIT_SOURCE);
+    let text = fs::read_to_string(&src).map_err(|e| format!("read {}: {e}", src.display()))?;
+    let runs = |t: &str, path: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("ExecStart=") || l.starts_with("ExecStopPost="))
+            .filter(|l| l.contains(path))
+            .count()
+    };
+    if runs(&text, UNIT_STAPRUN) != 2 {
+        return Err(format!(
+            "{}: expected ExecStart= and ExecStopPost= to run {UNIT_STAPRUN}",
+            src.display()
+        ));
+    }
+    let staprun = paths.staprun.display().to_string();
+    Ok(text.replace(UNIT_STAPRUN, &staprun).into_bytes())
+}
+
+/// After a change to the unit files of the running system: `systemctl daemon-reload` when systemd
+/// is the init system (advisory: systemd also finds a new unit file by itself).
+fn reload_systemd() {
+    if !Path::new("/run/systemd/system").is_dir() || vm::which("systemctl").is_none() {
+        return;
+    }
+    match Command::new("systemctl").arg("daemon-reload").status() {
+        Ok(s) if s.success() => eprintln!("xtask: systemctl daemon-reload"),
+        r => eprintln!("xtask: systemctl daemon-reload failed ({r:?}); run it by hand"),
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -314,6 +364,24 @@ pub fn install(opts: &Options) -> Result<()> {
         );
     }
     stage(&root, &paths, &bin, 0o4110, owners)?;
+    match unit_path(&paths) {
+        Some(rel) => {
+            put(
+                &root.join(rel),
+                &unit_text(&paths)?,
+                0o644,
+                as_root.then_some((0, 0)),
+            )?;
+            if opts.destdir.is_none() {
+                reload_systemd();
+            }
+        }
+        None => eprintln!(
+            "xtask: systemd does not look for units under {}: staprun@.service not installed (to use it, install {UNIT_SOURCE} as /etc/systemd/system/{UNIT_NAME} with its ExecStart= and ExecStopPost= naming {})",
+            paths.prefix.display(),
+            paths.staprun.display()
+        ),
+    }
     blessed_dir(&root, opts.layout, as_root)?;
     let libexec = paths.stapio.parent().unwrap_or(Path::new("/"));
     if as_root {
@@ -362,6 +430,8 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
             .into_iter()
             .map(|(rel, _)| root.join(rel)),
     );
+    let unit = unit_path(&paths).map(|rel| root.join(rel));
+    files.extend(unit.clone());
     for f in files {
         match fs::remove_file(&f) {
             Ok(()) => eprintln!("xtask: removed {}", f.display()),
@@ -372,6 +442,12 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<()> {
     let libexec = under(&root, paths.stapio.parent().unwrap_or(Path::new("/")));
     if fs::remove_dir(&libexec).is_ok() {
         eprintln!("xtask: removed {}", libexec.display());
+    }
+    if opts.destdir.is_none() && unit.is_some() {
+        reload_systemd();
+        eprintln!(
+            "xtask: instances of staprun@.service that were enabled keep their symbolic links in /etc/systemd/system/*.wants (systemctl disable staprun@NAME removes one)"
+        );
     }
     eprintln!(
         "xtask: kept the stapusr/stapsys/stapdev groups and /lib/modules/*/systemtap (they may hold users and modules)"
@@ -412,6 +488,19 @@ pub fn check_destdir_install() -> Result<()> {
     ];
     for (rel, _) in paths.data_files() {
         want.push((d.join(rel), (0o644, 0, 0)));
+    }
+    let unit = d.join(unit_path(&paths).ok_or("no unit path for /usr/local")?);
+    want.push((unit.clone(), (0o644, 0, 0)));
+    let text = fs::read_to_string(&unit).map_err(|e| format!("read {}: {e}", unit.display()))?;
+    let exec = format!(
+        "ExecStart={} $STAPRUN_OPTIONS -- /lib/modules/%v/systemtap/%i.ko $MODULE_PARAMS",
+        paths.staprun.display()
+    );
+    if !text.lines().any(|l| l == exec) || text.contains(UNIT_STAPRUN) {
+        return Err(format!(
+            "{}: no line {exec:?}, or {UNIT_STAPRUN} still named",
+            unit.display()
+        ));
     }
     for (p, (m, uid, gid)) in &want {
         let got = mode(p)?;
@@ -460,6 +549,86 @@ mod tests {
         assert_eq!(gid_for(&d, "stapusr"), 990);
         assert_eq!(gid_for(&d, "stapdev"), STAPDEV);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_unit_goes_where_systemd_looks_and_runs_the_prefix_staprun() {
+        let usr = Paths::for_prefix(Path::new("/usr"));
+        assert_eq!(
+            unit_path(&usr),
+            Some(PathBuf::from("usr/lib/systemd/system/staprun@.service"))
+        );
+        let local = Paths::for_prefix(Path::new("/usr/local"));
+        assert_eq!(
+            unit_path(&local),
+            Some(PathBuf::from(
+                "usr/local/lib/systemd/system/staprun@.service"
+            ))
+        );
+        assert_eq!(unit_path(&Paths::for_prefix(Path::new("/opt/stap"))), None);
+        let shipped = fs::read(crate::prepare::workspace_root().join(UNIT_SOURCE)).unwrap();
+        assert_eq!(unit_text(&usr).unwrap(), shipped, "/usr: as shipped");
+        let text = String::from_utf8(unit_text(&local).unwrap()).unwrap();
+        assert!(!text.contains("/usr/bin/staprun"));
+        assert!(text.lines().any(|l| l.starts_with(
+            "ExecStart=/usr/local/bin/staprun $STAPRUN_OPTIONS -- /lib/modules/%v/systemtap/%i.ko"
+        )));
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ExecStopPost=-/bin/sh -c")
+                    && l.contains("exec /usr/local/bin/staprun -d -- "))
+        );
+    }
+
+    /// The properties docs/admin.md and the guest test rely on.
+    #[test]
+    fn the_unit_template_runs_as_a_configured_user_and_stops_cleanly() {
+        let text = fs::read_to_string(crate::prepare::workspace_root().join(UNIT_SOURCE)).unwrap();
+        let settings: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .collect();
+        for want in [
+            "Type=exec",
+            "KillMode=mixed",
+            "SyslogIdentifier=staprun@%i",
+            "LogsDirectory=staprun/%i",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(settings.contains(&want), "{want} missing");
+        }
+        // Never root by accident: no User= of its own, and a refusal when run as root.
+        assert!(!settings.iter().any(|l| l.starts_with("User=")));
+        assert!(settings.iter().any(|l| l.starts_with("ExecStartPre=")
+            && l.contains("id -u")
+            && l.contains("exit 1")));
+        // staprun is set-user-ID: nothing that implies no_new_privs, no capability granted.
+        for banned in [
+            "NoNewPrivileges=",
+            "DynamicUser=",
+            "PrivateDevices=",
+            "ProtectKernelModules=",
+            "ProtectKernelTunables=",
+            "ProtectKernelLogs=",
+            "ProtectClock=",
+            "ProtectHostname=",
+            "LockPersonality=",
+            "MemoryDenyWriteExecute=",
+            "RestrictAddressFamilies=",
+            "RestrictNamespaces=",
+            "RestrictRealtime=",
+            "RestrictSUIDSGID=",
+            "SystemCallFilter=",
+            "SystemCallArchitectures=",
+            "SystemCallLog=",
+            "AmbientCapabilities=",
+            "CapabilityBoundingSet=",
+        ] {
+            assert!(
+                !settings.iter().any(|l| l.starts_with(banned)),
+                "{banned} must not be set"
+            );
+        }
     }
 
     #[test]
