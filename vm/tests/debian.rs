@@ -15,6 +15,8 @@ const SCENARIOS: &[(&str, Option<&str>)] = &[
     ("debian_install", None),
     ("debian_stap", None),
     ("debian_stap_options", None),
+    ("debian_service", None),
+    ("debian_service_enable", Some("debian_service_after_reboot")),
 ];
 
 struct Env {

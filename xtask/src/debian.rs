@@ -33,8 +33,6 @@ use crate::prepare::{self, output, workspace_root};
 
 /// Written into the root when it is complete; a new recipe needs a new text.
 const STAMP: &str = ".staprun-rs-debian-guest";
-/// Written into the root when bob's stap cache holds the modules of [`cached_commands`].
-const CACHE_STAMP: &str = ".staprun-rs-debian-guest-cache";
 
 /// The stap command lines whose modules are compiled into bob's stap cache at image build:
 /// the guest's tests run the same lines, so stap finds the same cache entries.
@@ -183,32 +181,49 @@ systemctl mask serial-getty@ttyS1.service >/dev/null 2>&1 || true",
     Ok(root)
 }
 
-/// bob's stap cache in the root: the modules of [`cached_commands`], compiled with
-/// `stap -r KVER -p4` in the root as a chroot (redone when the list changes).
-fn fill_cache(root: &Path, kver: &str) -> Result<()> {
-    let stamp = root.join(CACHE_STAMP);
+/// bob's stap cache, filled in the image itself: the modules of [`cached_commands`],
+/// compiled with `stap -r KVER -p4` in a chroot of the loop-mounted image (in a mount
+/// namespace of its own, so the mount ends with the command). stap's cache key includes the
+/// sizes and times of the runtime and kernel build directories, so the modules must be built
+/// on the very file system the guest boots: a copy made from another one (where dpkg's
+/// renames left directories larger) gets other keys, and the guest would compile under TCG.
+fn fill_cache(img: &Path, kver: &str) -> Result<()> {
+    let stamp = img.with_extension("cache");
     let want = cached_commands().join("\n");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
         return Ok(());
     }
     let _ = fs::remove_file(&stamp);
-    let top = top_dir();
-    let mut ch = Chroot {
-        root: root.to_path_buf(),
-        archives: Some(top.join("apt-archives")),
-        log: fs::File::create(dir().join("cache.log")).ok(),
-    };
     let t0 = Instant::now();
-    eprintln!("xtask: Debian guest: filling bob's stap cache (stap -r {kver} -p4)");
+    eprintln!("xtask: Debian guest: filling bob's stap cache in the image (stap -r {kver} -p4)");
+    let mut script = String::from("set +e\n");
     for cmd in cached_commands() {
         let rest = cmd.strip_prefix("stap ").unwrap_or(&cmd);
-        // A command line stap refuses (an option this version lacks) has nothing to cache:
-        // the guest sees the same refusal with either staprun.
-        if let Err(e) = ch.sh(&format!(
-            "cd /home/bob && runuser -u bob -- env HOME=/home/bob PATH=/usr/bin:/bin stap -r {kver} -p4 {rest} >/dev/null"
-        )) {
-            eprintln!("xtask: Debian guest: not cached: {cmd}: {}", e.lines().last().unwrap_or(""));
-        }
+        script.push_str(&format!(
+            "echo \"== {}\"\n(cd /home/bob && runuser -u bob -- env HOME=/home/bob PATH=/usr/bin:/bin stap -r {kver} -p4 {rest} >/dev/null) || echo \"not cached (stap refused it)\"\n",
+            cmd.replace('"', "'")
+        ));
+    }
+    let mnt = dir().join(format!(".mnt-{}", std::process::id()));
+    fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
+    let out = output(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-ec"])
+            .arg(
+                r#"mount -o loop "$1" "$2"
+mount -t proc proc "$2/proc"
+chroot "$2" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 sh -c "$3""#,
+            )
+            .arg("sh")
+            .arg(img)
+            .arg(&mnt)
+            .arg(&script),
+    );
+    let _ = fs::remove_dir(&mnt);
+    let text = out?;
+    let _ = fs::write(dir().join("cache.log"), &text);
+    for l in text.lines().filter(|l| l.starts_with("not cached")) {
+        eprintln!("xtask: Debian guest: {l}");
     }
     fs::write(&stamp, want).map_err(|e| format!("write {}: {e}", stamp.display()))?;
     eprintln!(
@@ -269,12 +284,8 @@ fn image(root: &Path, kver: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let d = dir();
     let img = d.join(format!("base-{kver}.img"));
     let stamp = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = match (
-        stamp(&img),
-        stamp(&root.join(STAMP)),
-        stamp(&root.join(CACHE_STAMP)),
-    ) {
-        (Some(i), Some(r), Some(c)) => i > r && i > c,
+    let fresh = match (stamp(&img), stamp(&root.join(STAMP))) {
+        (Some(i), Some(r)) => i > r,
         _ => false,
     };
     if !fresh {
@@ -288,6 +299,7 @@ fn image(root: &Path, kver: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
                 .arg(&tmp)
                 .arg("6G"),
         )?;
+        let _ = fs::remove_file(img.with_extension("cache"));
         fs::rename(&tmp, &img).map_err(|e| format!("rename to {}: {e}", img.display()))?;
         eprintln!(
             "xtask: Debian guest image built in {:.1}s",
@@ -322,8 +334,8 @@ pub fn prepare(opts: &prepare::Options) -> Result<PathBuf> {
     crate::dist::dist(&crate::dist::Paths::for_prefix(Path::new("/usr")))?;
     let deb = crate::deb::deb()?;
     let root = root(&art.kver)?;
-    fill_cache(&root, &art.kver)?;
     let (img, kernel, initrd) = image(&root, &art.kver)?;
+    fill_cache(&img, &art.kver)?;
     let share = dir().join("share");
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(&share).map_err(|e| format!("mkdir {}: {e}", share.display()))?;
@@ -368,8 +380,8 @@ pub fn prepare(opts: &prepare::Options) -> Result<PathBuf> {
 pub fn image_only() -> Result<()> {
     let art = vm::Artifacts::load()?;
     let root = root(&art.kver)?;
-    fill_cache(&root, &art.kver)?;
-    image(&root, &art.kver).map(|_| ())
+    let (img, _, _) = image(&root, &art.kver)?;
+    fill_cache(&img, &art.kver)
 }
 
 /// `debian-test`: prepare, then `cargo test -p vm --test debian`.
