@@ -9,7 +9,9 @@
 //! - `matrix [--kernels 6.1,6.12,7] [--attacks]`: the guest suite on every kernel, as a table
 //!   (docs/matrix.md).
 //! - `demo`: vm-prepare, then one guest where alice runs `staprun pmod`.
-//! - `test`: rustfmt check, clippy, host tests, VM suite (what `.ci/run` calls).
+//! - `test`: rustfmt check, clippy, host tests, VM suites, the Debian guest (what `.ci/run` calls).
+//! - `debian-test [-- <libtest args>]`: the Debian bookworm guest stage (docs/debian.md).
+//! - `deb-test`: the package next to Debian's systemtap-runtime in a bookworm chroot.
 //! - `install [--prefix P] [--destdir D] [--layout 755|775]`: staprun 04110 root:stapusr, stapio
 //!   0755 (built with the prefix's paths), groups, blessed directory, man pages, completions;
 //!   `uninstall` removes them (see docs/admin.md).
@@ -274,6 +276,9 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
             no_stap5: false,
         };
         compat_test(&copts, &[])
+    });
+    stage("debian guest (systemd, stap, staprun@.service)", &mut || {
+        debian::debian_test(opts, &[])
     });
     eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
     if failed.is_empty() {
