@@ -277,9 +277,10 @@ fn test_all(opts: &prepare::Options) -> Result<()> {
         };
         compat_test(&copts, &[])
     });
-    stage("debian guest (systemd, stap, staprun@.service)", &mut || {
-        debian::debian_test(opts, &[])
-    });
+    stage(
+        "debian guest (systemd, stap, staprun@.service)",
+        &mut || debian::debian_test(opts, &[]),
+    );
     eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
     if failed.is_empty() {
         Ok(())
