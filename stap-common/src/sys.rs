@@ -746,26 +746,17 @@ pub fn current_uid_is_root() -> bool {
 
 /// Is user `uid` a member of group `gid` (primary group or listed member)?
 pub fn user_in_group(uid: u32, gid: u32) -> bool {
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    loop {
-        let mut res: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: all pointers are to live locals of the documented sizes.
-        let r = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut res) };
-        if r == libc::ERANGE && grow(&mut buf) {
-            continue;
-        }
-        if r != 0 || res.is_null() {
-            return false;
-        }
-        break;
-    }
-    if pw.pw_gid == gid {
+    let Some((primary, name)) = with_passwd(uid, |pw| {
+        // SAFETY: pw_name is a NUL-terminated string inside getpwuid_r's buffer,
+        // alive for this call.
+        let name = unsafe { CStr::from_ptr(pw.pw_name) };
+        (pw.pw_gid, name.to_bytes().to_vec())
+    }) else {
+        return false;
+    };
+    if primary == gid {
         return true;
     }
-    // SAFETY: pw_name is a NUL-terminated string inside `buf`.
-    let name = unsafe { CStr::from_ptr(pw.pw_name) }.to_bytes().to_vec();
     let mut gbuf = vec![0 as libc::c_char; 65536];
     // SAFETY: zeroed group struct is valid storage.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
@@ -1185,6 +1176,18 @@ pub fn syslog(ident: &'static CStr, facility: libc::c_int, priority: libc::c_int
 
 /// The user name of `uid`, if the password database has one.
 pub fn user_name(uid: u32) -> Option<String> {
+    with_passwd(uid, |pw| {
+        // SAFETY: pw_name points to a NUL-terminated string inside getpwuid_r's
+        // buffer, alive for this call.
+        unsafe { CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// `f` on the password-database entry of `uid` (its strings live only during
+/// the call); the buffer grows on ERANGE.
+fn with_passwd<T>(uid: u32, f: impl FnOnce(&libc::passwd) -> T) -> Option<T> {
     let mut buf = vec![0 as libc::c_char; 16384];
     // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
@@ -1198,14 +1201,8 @@ pub fn user_name(uid: u32) -> Option<String> {
         if r != 0 || res.is_null() {
             return None;
         }
-        break;
+        return Some(f(&pw));
     }
-    // SAFETY: pw_name points to a NUL-terminated string inside `buf`.
-    Some(
-        unsafe { CStr::from_ptr(pw.pw_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 /// Take a read lease on `fd` (`F_SETLEASE F_RDLCK`): fails with EAGAIN

@@ -183,26 +183,11 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     };
 
     let (ids, class, release) = caller()?;
-    let kernel = LinuxKernel;
-    let sysgroups = SystemGroups;
     let uname = sys::user_name(ids.ruid);
     let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
     let window = RealWindow::new(ids.ruid);
     let sink = audit_sink(&who);
-    let ctx = Context {
-        kernel: &kernel,
-        groups: &sysgroups,
-        blessed_dir: blessed_dir_for(&release),
-        real_uid: ids.ruid,
-        real_gid: ids.rgid,
-        class,
-        lookup_ids: lookup_ids(&ids, class),
-        window: &window,
-        audit: &sink,
-        pid: std::process::id(),
-        interrupted: &interrupted,
-        warn: &warn,
-    };
+    let ctx = context(&ids, class, &release, &window, &sink);
 
     if opts.delete {
         // Checked and done out of the caller's reach: stopped between the
@@ -253,6 +238,33 @@ fn run(captured: Vec<(String, String)>) -> Result<i32, StaprunError> {
     Err(err)
 }
 
+static KERNEL: LinuxKernel = LinuxKernel;
+static GROUPS: SystemGroups = SystemGroups;
+
+/// The real system's context for a caller.
+fn context<'a>(
+    ids: &sys::Ids,
+    class: staprun::policy::Class,
+    release: &str,
+    window: &'a dyn Window,
+    audit: &'a dyn Fn(&audit::Event<'_>),
+) -> Context<'a> {
+    Context {
+        kernel: &KERNEL,
+        groups: &GROUPS,
+        blessed_dir: blessed_dir_for(release),
+        real_uid: ids.ruid,
+        real_gid: ids.rgid,
+        class,
+        lookup_ids: lookup_ids(ids, class),
+        window,
+        audit,
+        pid: std::process::id(),
+        interrupted: &interrupted,
+        warn: &warn,
+    }
+}
+
 /// File-system ids for resolving the caller's module path: the caller's
 /// own unless root or stapdev (who may load from anywhere).
 fn lookup_ids(ids: &sys::Ids, class: staprun::policy::Class) -> Option<(u32, u32)> {
@@ -273,26 +285,11 @@ fn undo_start(args: &[OsString]) -> Result<i32, StaprunError> {
         .ok_or_else(|| cli::CliError::NotUtf8(module.clone()))?;
     let name = ModName::new(module).map_err(|e| StaprunError::BadName(e.to_string()))?;
     let (ids, class, release) = caller()?;
-    let kernel = LinuxKernel;
-    let sysgroups = SystemGroups;
     let uname = sys::user_name(ids.ruid);
     let who = audit::who(ids.ruid, uname.as_deref(), &class.to_string());
     let window = RealWindow::new(ids.ruid);
     let sink = audit_sink(&who);
-    let ctx = Context {
-        kernel: &kernel,
-        groups: &sysgroups,
-        blessed_dir: blessed_dir_for(&release),
-        real_uid: ids.ruid,
-        real_gid: ids.rgid,
-        class,
-        lookup_ids: lookup_ids(&ids, class),
-        window: &window,
-        audit: &sink,
-        pid: std::process::id(),
-        interrupted: &interrupted,
-        warn: &warn,
-    };
+    let ctx = context(&ids, class, &release, &window, &sink);
     window.close().map_err(StaprunError::Setup)?;
     unload::unload(&ctx, name.as_str())?;
     sys::syslog_authpriv(libc::LOG_NOTICE, &audit::undo_line(&who, name.as_str()));
@@ -335,22 +332,13 @@ fn explain(args: &[OsString]) -> Result<i32, StaprunError> {
     let (ids, class, release) = caller()?;
     let blessed = blessed_dir_for(&release);
     let target = cli::resolve_module(module, &blessed)?;
-    let kernel = LinuxKernel;
-    let sysgroups = SystemGroups;
-    let ctx = Context {
-        kernel: &kernel,
-        groups: &sysgroups,
-        blessed_dir: blessed,
-        real_uid: ids.ruid,
-        real_gid: ids.rgid,
-        lookup_ids: lookup_ids(&ids, class),
-        window: &staprun::NoWindow,
-        audit: &staprun::no_audit,
+    let ctx = context(
+        &ids,
         class,
-        pid: std::process::id(),
-        interrupted: &interrupted,
-        warn: &warn,
-    };
+        &release,
+        &staprun::NoWindow,
+        &staprun::no_audit,
+    );
     let (allowed, text) = load::explain(&ctx, &target.path)?;
     let who = format!("uid {} ({})", ids.ruid, class);
     if allowed {

@@ -236,6 +236,36 @@ fn needs_task_work_patch(kver: &str, runtime: &Path) -> Result<bool> {
     Ok(decl && !used)
 }
 
+/// Applies compat/runtime-4.8-task_work_cancel_func.patch to the SystemTap 4.8 runtime in `dir`.
+pub fn apply_task_work_patch(dir: &Path) -> Result<()> {
+    let patch_path = compat_dir().join(PATCH_4_8);
+    let out = Command::new("patch")
+        .args([
+            "-p1",
+            "--forward",
+            "--batch",
+            "--no-backup-if-mismatch",
+            "-d",
+        ])
+        .arg(dir)
+        .stdin(
+            fs::File::open(&patch_path)
+                .map_err(|e| format!("open {}: {e}", patch_path.display()))?,
+        )
+        .output()
+        .map_err(|e| format!("cannot run patch: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "compat/{PATCH_4_8} does not apply to {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// A runtime directory for `stap -R`: the installed one, or a patched copy.
 fn runtime(cache: &Path, kver: &str, version: &str) -> Result<(PathBuf, String)> {
     let src = Path::new(RUNTIME_SRC);
@@ -263,28 +293,7 @@ fn runtime(cache: &Path, kver: &str, version: &str) -> Result<(PathBuf, String)>
     let tmp = stap.join(format!(".runtime-{key}.tmp"));
     let _ = fs::remove_dir_all(&tmp);
     status(Command::new("cp").arg("-a").arg(src).arg(&tmp))?;
-    let out = Command::new("patch")
-        .args([
-            "-p1",
-            "--forward",
-            "--batch",
-            "--no-backup-if-mismatch",
-            "-d",
-        ])
-        .arg(&tmp)
-        .stdin(
-            fs::File::open(&patch_path)
-                .map_err(|e| format!("open {}: {e}", patch_path.display()))?,
-        )
-        .output()
-        .map_err(|e| format!("cannot run patch: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "compat/{PATCH_4_8} does not apply to {RUNTIME_SRC}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    apply_task_work_patch(&tmp).map_err(|e| format!("{e} ({RUNTIME_SRC})"))?;
     fs::write(tmp.join(".compat-ok"), b"").map_err(|e| format!("write marker: {e}"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&tmp, &dir).map_err(|e| format!("rename to {}: {e}", dir.display()))?;

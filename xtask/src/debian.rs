@@ -252,27 +252,7 @@ fn patch_runtime(root: &Path) -> Result<()> {
     if !renamed || used {
         return Ok(());
     }
-    let patch = workspace_root().join("compat/runtime-4.8-task_work_cancel_func.patch");
-    let out = Command::new("patch")
-        .args([
-            "-p1",
-            "--forward",
-            "--batch",
-            "--no-backup-if-mismatch",
-            "-d",
-        ])
-        .arg(&runtime)
-        .stdin(fs::File::open(&patch).map_err(|e| format!("open {}: {e}", patch.display()))?)
-        .output()
-        .map_err(|e| format!("cannot run patch: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} does not apply to the guest's runtime: {}{}",
-            patch.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    crate::compat::apply_task_work_patch(&runtime)?;
     eprintln!(
         "xtask: Debian guest: the SystemTap 4.8 runtime is patched for task_work_cancel_func"
     );

@@ -28,18 +28,10 @@ const HELLO: &str = "probe begin { println(\"hello\") exit() }";
 /// takes seconds.
 const STAP_TIMEOUT: Duration = Duration::from_secs(900);
 
-fn scenario_name() -> String {
-    std::fs::read_to_string("/proc/cmdline")
-        .unwrap_or_default()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("vmtest.scenario=").map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// `vm-agent --debian`: one scenario, then power off. Never returns.
 pub fn main() -> ! {
     let mut r = Reporter::open();
-    let name = scenario_name();
+    let name = crate::scenario_name();
     r.line(&format!("BEGIN {name}"));
     r.log(&format!(
         "kernel {} | {}",

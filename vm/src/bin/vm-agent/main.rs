@@ -44,7 +44,7 @@ fn setup() -> Vec<String> {
     problems
 }
 
-fn scenario_name() -> String {
+pub(crate) fn scenario_name() -> String {
     std::fs::read_to_string("/proc/cmdline")
         .unwrap_or_default()
         .split_whitespace()
