@@ -72,6 +72,28 @@ mount -o ro /dev/vdb /mnt/vmtest
 exec /mnt/vmtest/vm-agent --debian
 ";
 
+/// Removes what interrupted runs left: temporary roots, images and mount points of
+/// processes that are gone.
+fn clean_stale(d: &Path) -> Result<()> {
+    let Ok(rd) = fs::read_dir(d) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = [".root.tmp-", ".base.tmp-", ".mnt-"]
+            .iter()
+            .find_map(|p| n.strip_prefix(p))
+            .map(|rest| rest.trim_end_matches(".img").to_owned());
+        if let Some(pid) = pid
+            && pid.parse::<u32>().is_ok()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            remove_tree(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// The root file system, built when missing or of another recipe.
 fn root(kver: &str) -> Result<PathBuf> {
     let d = dir();
@@ -82,17 +104,7 @@ fn root(kver: &str) -> Result<PathBuf> {
         eprintln!("xtask: reusing the Debian guest root {}", root.display());
         return Ok(root);
     }
-    // Leftovers of interrupted runs.
-    if let Ok(rd) = fs::read_dir(&d) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = n.strip_prefix(".root.tmp-")
-                && !Path::new(&format!("/proc/{pid}")).exists()
-            {
-                remove_tree(&e.path())?;
-            }
-        }
-    }
+    clean_stale(&d)?;
     let top = top_dir();
     fs::create_dir_all(&top).map_err(|e| format!("mkdir {}: {e}", top.display()))?;
     let base = base_chroot(&top)?;
