@@ -666,6 +666,11 @@ pub const DEBIAN_STAP_RUNS: &[StapRun] = &[
         args: "--target-namespaces=1",
         script: HELLO,
     },
+    StapRun {
+        option: "--remote=direct://",
+        args: "--remote=direct://",
+        script: HELLO,
+    },
 ];
 
 /// The stap command line of a run (without `-p`), as bob types it.
