@@ -755,20 +755,7 @@ fn interrupted_load_leaves_nothing() {
         calls.get() > 1
     };
     let warn = |_: &str| {};
-    let ctx = Context {
-        kernel: &kernel,
-        groups: &Groups,
-        blessed_dir: tree.blessed(),
-        real_uid: ALICE,
-        real_gid: 0,
-        lookup_ids: None,
-        window: &staprun::NoWindow,
-        audit: &staprun::no_audit,
-        class: Class::Stapusr,
-        pid: 1,
-        interrupted: &interrupted,
-        warn: &warn,
-    };
+    let ctx = alice_ctx(&kernel, &tree, &interrupted, &warn);
     let opts = cli::parse(Program::Staprun, &[OsString::from("pmod")]).unwrap();
     let e = load::load(&ctx, &opts).unwrap_err();
     assert!(
@@ -785,6 +772,29 @@ fn interrupted_load_leaves_nothing() {
     assert!(!kernel.is_loaded("pmod"));
 }
 
+/// ALICE (stapusr) loading from `tree`'s blessed directory on `kernel`.
+fn alice_ctx<'a>(
+    kernel: &'a SimKernel,
+    tree: &Tree,
+    interrupted: &'a dyn Fn() -> bool,
+    warn: &'a dyn Fn(&str),
+) -> Context<'a> {
+    Context {
+        kernel,
+        groups: &Groups,
+        blessed_dir: tree.blessed(),
+        real_uid: ALICE,
+        real_gid: 0,
+        lookup_ids: None,
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
+        class: Class::Stapusr,
+        pid: 1,
+        interrupted,
+        warn,
+    }
+}
+
 /// Between staprun's load and its setup, the module of that name became
 /// someone else's (ours unloaded, another user's loaded): the simulated
 /// kernel records the loader as BOB while the caller is ALICE. No
@@ -798,20 +808,7 @@ fn a_module_that_is_not_ours_gets_nothing_and_stays() {
     kernel.set_caller(BOB, 0);
     let no = || false;
     let warn = |_: &str| {};
-    let ctx = Context {
-        kernel: &kernel,
-        groups: &Groups,
-        blessed_dir: tree.blessed(),
-        real_uid: ALICE,
-        real_gid: 0,
-        lookup_ids: None,
-        window: &staprun::NoWindow,
-        audit: &staprun::no_audit,
-        class: Class::Stapusr,
-        pid: 1,
-        interrupted: &no,
-        warn: &warn,
-    };
+    let ctx = alice_ctx(&kernel, &tree, &no, &warn);
     let opts = cli::parse(Program::Staprun, &[OsString::from("pmod")]).unwrap();
     let e = load::load(&ctx, &opts).unwrap_err();
     let text = e.to_string();
