@@ -154,10 +154,69 @@ pub struct Options {
 /// Default `-T` (reader poll timeout) in milliseconds.
 pub const DEFAULT_READER_TIMEOUT_MS: u32 = 200;
 
-/// The clap definition: the single source of the option set, its help text,
-/// the man pages and the shell completions.
+/// How an option takes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takes {
+    /// A flag (`-L`); counted for `-v`.
+    Nothing,
+    /// A value, attached or separate (`-b4`, `-b 4`).
+    Value(&'static str),
+    /// `-u[PATH]`: a value only when attached.
+    OptionalAttached(&'static str),
+}
+
+/// One option: everything about it is in its row of [`OPTIONS`]. The clap
+/// definition, getopt's letters, the long names, the parse into
+/// [`Options`] and the argv staprun hands to stapio are all derived from
+/// the table.
+pub struct Opt {
+    pub short: char,
+    pub long: &'static str,
+    pub takes: Takes,
+    pub help: &'static str,
+    /// Accepted but not shown in the help.
+    pub hidden: bool,
+    /// Only this program accepts it (`-F`: stapio).
+    pub only: Option<Program>,
+    /// Another spelling of that option (`-t` of `-x`): whichever of the two
+    /// comes later on the command line wins, as with getopt.
+    pub same_as: Option<char>,
+    /// Store the (last) occurrence into the options; flags get `None`.
+    set: fn(&mut Options, Option<&str>) -> Result<(), CliError>,
+    /// Append this option, as stapio must get it, to an argv.
+    emit: fn(&Options, &mut Vec<String>),
+}
+
+impl Opt {
+    pub fn accepted_by(&self, program: Program) -> bool {
+        self.only.is_none_or(|p| p == program)
+    }
+
+    fn arg(&self) -> Arg {
+        let a = Arg::new(self.long)
+            .short(self.short)
+            .long(self.long)
+            .help(self.help)
+            .hide(self.hidden);
+        match self.takes {
+            Takes::Nothing if self.short == 'v' => a.action(ArgAction::Count),
+            Takes::Nothing => a.action(ArgAction::SetTrue),
+            Takes::Value(name) => a
+                .value_name(name)
+                .action(ArgAction::Append)
+                .num_args(1)
+                .allow_hyphen_values(true),
+            Takes::OptionalAttached(name) => {
+                a.num_args(0..=1).require_equals(true).value_name(name)
+            }
+        }
+    }
+}
+
+/// The clap definition, built from [`OPTIONS`]: the single source of the
+/// help text, the man pages and the shell completions.
 pub fn command(program: Program) -> Command {
-    let mut cmd = Command::new(program.name())
+    let cmd = Command::new(program.name())
         .version(crate::VERSION)
         .disable_help_flag(true)
         .disable_version_flag(true)
@@ -165,152 +224,425 @@ pub fn command(program: Program) -> Command {
             Program::Staprun => "Load a SystemTap module, check the caller's right to, and run it",
             Program::Stapio => "Talk to a loaded SystemTap module and print its output",
         })
-        .override_usage(format!("{} [OPTIONS] MODULE [MODULE-OPTIONS]", program.name()))
-        .arg(flag('v', "verbose", "Verbose mode (repeatable)").action(ArgAction::Count))
-        .arg(flag('V', "version", "Print the version and exit"))
-        .arg(flag('h', "help", "Print this help and exit"))
-        .arg(flag('w', "suppress-warnings", "Suppress warnings from the module"))
-        .arg(
-            Arg::new("uprobes")
-                .short('u')
-                .long("uprobes")
-                .num_args(0..=1)
-                .require_equals(true)
-                .value_name("PATH")
-                .help("Load uprobes.ko first (from PATH if attached: -uPATH)"),
-        )
-        .arg(value('c', "command", "CMD", "Run CMD and exit when it does; its pid is target()"))
-        .arg(value('x', "target", "PID", "Set target() to PID"))
-        .arg(value('t', "target-pid", "PID", "Same as -x").hide(true))
-        .arg(value('N', "namespaces-pid", "PID", "Target namespaces of PID"))
-        .arg(value('o', "output", "FILE", "Send output to FILE (strftime formats allowed)"))
-        .arg(value('b', "buffer", "MB", "Relay buffer size per CPU in MiB (1-4095)"))
-        .arg(flag('L', "load-only", "Load the module and start the probes, then detach"))
-        .arg(flag('A', "attach", "Attach to an already loaded module"))
-        .arg(value('C', "color", "WHEN", "Colour errors: never, auto or always"))
-        .arg(value('M', "monitor", "INTERVAL", "Monitor mode, refresh every INTERVAL s"))
-        .arg(flag('d', "delete", "Unload MODULE (or '*': every unused module of yours)"))
-        .arg(flag('D', "daemon", "Run in the background (needs -o)"))
-        .arg(flag('R', "rename", "Rename the module to a unique name before loading"))
-        .arg(value('r', "remote", "ID:URI", "Remote id and URI"))
-        .arg(value('S', "size", "MB[,N]", "Rotate output at MB MiB, keep N files (needs -o)"))
-        .arg(value('T', "timeout", "MS", "Relay reader poll timeout in ms (default 200)"))
-        .arg(flag('i', "stdin", "Forward standard input to the module").hide(true))
-        .arg(
-            Arg::new("module")
-                .value_name("MODULE")
-                .help("Module path (with '/'), NAME.ko in the current directory, or NAME in /lib/modules/$(uname -r)/systemtap"),
-        )
-        .arg(
-            Arg::new("module_options")
-                .value_name("NAME=VALUE")
-                .num_args(0..)
-                .help("Module options"),
-        );
-    if program == Program::Stapio {
-        cmd = cmd.arg(value(
-            'F',
-            "relay-fd",
-            "FD",
-            "Pre-opened module directory fd",
+        .override_usage(format!(
+            "{} [OPTIONS] MODULE [MODULE-OPTIONS]",
+            program.name()
         ));
+    let operands = [
+        Arg::new("module")
+            .value_name("MODULE")
+            .help("Module path (with '/'), NAME.ko in the current directory, or NAME in /lib/modules/$(uname -r)/systemtap"),
+        Arg::new("module_options")
+            .value_name("NAME=VALUE")
+            .num_args(0..)
+            .help("Module options"),
+    ];
+    // Shared options, the operands, then the options of one program only
+    // (the order the help text has always had).
+    let (shared, own): (Vec<&Opt>, Vec<&Opt>) = options(program).partition(|o| o.only.is_none());
+    cmd.args(shared.iter().map(|o| o.arg()))
+        .args(operands)
+        .args(own.iter().map(|o| o.arg()))
+}
+
+/// The options `program` accepts.
+pub fn options(program: Program) -> impl Iterator<Item = &'static Opt> {
+    OPTIONS.iter().filter(move |o| o.accepted_by(program))
+}
+
+/// `program`'s option letters in getopt's notation (`b:` takes a value,
+/// `u::` an optional attached one).
+pub fn getopt_letters(program: Program) -> String {
+    options(program)
+        .map(|o| match o.takes {
+            Takes::Nothing => o.short.to_string(),
+            Takes::Value(_) => format!("{}:", o.short),
+            Takes::OptionalAttached(_) => format!("{}::", o.short),
+        })
+        .collect()
+}
+
+fn by_short(program: Program, c: char) -> Option<&'static Opt> {
+    options(program).find(|o| o.short == c)
+}
+
+fn by_long(long: &str) -> Option<&'static Opt> {
+    OPTIONS.iter().find(|o| o.long == long)
+}
+
+fn nothing(_: &Options, _: &mut Vec<String>) {}
+
+fn emit_value(a: &mut Vec<String>, short: char, v: Option<String>) {
+    if let Some(v) = v {
+        a.extend([format!("-{short}"), v]);
     }
-    cmd
 }
 
-fn flag(short: char, long: &'static str, help: &'static str) -> Arg {
-    Arg::new(long)
-        .short(short)
-        .long(long)
-        .action(ArgAction::SetTrue)
-        .help(help)
-}
-
-fn value(short: char, long: &'static str, name: &'static str, help: &'static str) -> Arg {
-    Arg::new(long)
-        .short(short)
-        .long(long)
-        .value_name(name)
-        .action(ArgAction::Append)
-        .num_args(1)
-        .allow_hyphen_values(true)
-        .help(help)
-}
-
-/// How each short option takes a value.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Takes {
-    Nothing,
-    Value,
-    OptionalAttached,
-}
-
-fn takes(program: Program, c: char) -> Option<Takes> {
-    match c {
-        'A' | 'L' | 'v' | 'i' | 'h' | 'd' | 'D' | 'w' | 'R' | 'V' => Some(Takes::Nothing),
-        'u' => Some(Takes::OptionalAttached),
-        'b' | 't' | 'c' | 'o' | 'x' | 'N' | 'S' | 'r' | 'T' | 'C' | 'M' => Some(Takes::Value),
-        'F' if program == Program::Stapio => Some(Takes::Value),
-        _ => None,
+fn emit_flag(a: &mut Vec<String>, short: char, on: bool) {
+    if on {
+        a.push(format!("-{short}"));
     }
 }
 
-/// Short letter and long name of every option.
-const LONGS: [(char, &str); 23] = [
-    ('A', "attach"),
-    ('L', "load-only"),
-    ('v', "verbose"),
-    ('i', "stdin"),
-    ('h', "help"),
-    ('d', "delete"),
-    ('D', "daemon"),
-    ('w', "suppress-warnings"),
-    ('R', "rename"),
-    ('V', "version"),
-    ('u', "uprobes"),
-    ('b', "buffer"),
-    ('t', "target-pid"),
-    ('c', "command"),
-    ('o', "output"),
-    ('x', "target"),
-    ('N', "namespaces-pid"),
-    ('S', "size"),
-    ('r', "remote"),
-    ('T', "timeout"),
-    ('C', "color"),
-    ('M', "monitor"),
-    ('F', "relay-fd"),
+fn number<T: std::str::FromStr>(v: Option<&str>) -> Option<T> {
+    v.and_then(|s| s.parse().ok())
+}
+
+fn set_target_pid(o: &mut Options, v: Option<&str>) -> Result<(), CliError> {
+    let p = v.unwrap_or_default();
+    o.target_pid = Some(parse_pid(p).ok_or_else(|| CliError::TargetPid(p.to_string()))?);
+    Ok(())
+}
+
+/// The option set of both programs, in the order of the help text (and of
+/// the argv handed to stapio). SystemTap's getopt string is
+/// `ALu::vihb:t:dc:o:x:N:S:DwRr:VT:C:M:`, stapio's adds `F:`.
+pub static OPTIONS: [Opt; 23] = [
+    Opt {
+        short: 'v',
+        long: "verbose",
+        takes: Takes::Nothing,
+        help: "Verbose mode (repeatable)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |_, _| Ok(()),
+        emit: |o, a| a.extend((0..o.verbose).map(|_| "-v".to_string())),
+    },
+    Opt {
+        short: 'V',
+        long: "version",
+        takes: Takes::Nothing,
+        help: "Print the version and exit",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |_, _| Ok(()),
+        emit: nothing,
+    },
+    Opt {
+        short: 'h',
+        long: "help",
+        takes: Takes::Nothing,
+        help: "Print this help and exit",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |_, _| Ok(()),
+        emit: nothing,
+    },
+    Opt {
+        short: 'w',
+        long: "suppress-warnings",
+        takes: Takes::Nothing,
+        help: "Suppress warnings from the module",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.suppress_warnings = true;
+            Ok(())
+        },
+        emit: |o, a| emit_flag(a, 'w', o.suppress_warnings),
+    },
+    Opt {
+        short: 'u',
+        long: "uprobes",
+        takes: Takes::OptionalAttached("PATH"),
+        help: "Load uprobes.ko first (from PATH if attached: -uPATH)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            o.uprobes = Some(v.map(str::to_owned));
+            Ok(())
+        },
+        emit: nothing,
+    },
+    Opt {
+        short: 'c',
+        long: "command",
+        takes: Takes::Value("CMD"),
+        help: "Run CMD and exit when it does; its pid is target()",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            o.target_cmd = v.map(str::to_owned);
+            Ok(())
+        },
+        emit: |o, a| emit_value(a, 'c', o.target_cmd.clone()),
+    },
+    Opt {
+        short: 'x',
+        long: "target",
+        takes: Takes::Value("PID"),
+        help: "Set target() to PID",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: set_target_pid,
+        emit: |o, a| emit_value(a, 'x', o.target_pid.map(|p| p.to_string())),
+    },
+    Opt {
+        short: 't',
+        long: "target-pid",
+        takes: Takes::Value("PID"),
+        help: "Same as -x",
+        hidden: true,
+        only: None,
+        same_as: Some('x'),
+        set: set_target_pid,
+        emit: nothing,
+    },
+    Opt {
+        short: 'N',
+        long: "namespaces-pid",
+        takes: Takes::Value("PID"),
+        help: "Target namespaces of PID",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            let p = v.unwrap_or_default();
+            match parse_pid(p) {
+                Some(n) if n > 0 => o.namespaces_pid = Some(n),
+                _ => return Err(CliError::NamespacesPid(p.to_string())),
+            }
+            Ok(())
+        },
+        emit: |o, a| emit_value(a, 'N', o.namespaces_pid.map(|p| p.to_string())),
+    },
+    Opt {
+        short: 'o',
+        long: "output",
+        takes: Takes::Value("FILE"),
+        help: "Send output to FILE (strftime formats allowed)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            o.outfile = v.map(str::to_owned);
+            Ok(())
+        },
+        emit: |o, a| emit_value(a, 'o', o.outfile.clone()),
+    },
+    Opt {
+        short: 'b',
+        long: "buffer",
+        takes: Takes::Value("MB"),
+        help: "Relay buffer size per CPU in MiB (1-4095)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| match number::<u32>(v) {
+            Some(n) if (1..=4095).contains(&n) => {
+                o.buffer_size_mb = Some(n);
+                Ok(())
+            }
+            _ => Err(CliError::BufferSize(v.unwrap_or_default().to_string())),
+        },
+        emit: |o, a| emit_value(a, 'b', o.buffer_size_mb.map(|b| b.to_string())),
+    },
+    Opt {
+        short: 'L',
+        long: "load-only",
+        takes: Takes::Nothing,
+        help: "Load the module and start the probes, then detach",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.load_only = true;
+            Ok(())
+        },
+        emit: |o, a| emit_flag(a, 'L', o.load_only),
+    },
+    Opt {
+        short: 'A',
+        long: "attach",
+        takes: Takes::Nothing,
+        help: "Attach to an already loaded module",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.attach = true;
+            Ok(())
+        },
+        emit: |o, a| emit_flag(a, 'A', o.attach),
+    },
+    Opt {
+        short: 'C',
+        long: "color",
+        takes: Takes::Value("WHEN"),
+        help: "Colour errors: never, auto or always",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            o.color = match v.unwrap_or_default() {
+                "never" => ColorMode::Never,
+                "auto" => ColorMode::Auto,
+                "always" => ColorMode::Always,
+                c => return Err(CliError::Color(c.to_string())),
+            };
+            Ok(())
+        },
+        emit: |o, a| emit_value(a, 'C', Some(o.color.as_str().to_string())),
+    },
+    Opt {
+        short: 'M',
+        long: "monitor",
+        takes: Takes::Value("INTERVAL"),
+        help: "Monitor mode, refresh every INTERVAL s",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| match number::<u32>(v) {
+            Some(n) if n >= 1 => {
+                o.monitor_interval = Some(n);
+                Ok(())
+            }
+            _ => Err(CliError::MonitorInterval(v.unwrap_or_default().to_string())),
+        },
+        emit: |o, a| emit_value(a, 'M', o.monitor_interval.map(|m| m.to_string())),
+    },
+    Opt {
+        short: 'd',
+        long: "delete",
+        takes: Takes::Nothing,
+        help: "Unload MODULE (or '*': every unused module of yours)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.delete = true;
+            Ok(())
+        },
+        emit: nothing,
+    },
+    Opt {
+        short: 'D',
+        long: "daemon",
+        takes: Takes::Nothing,
+        help: "Run in the background (needs -o)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.daemon = true;
+            Ok(())
+        },
+        emit: |o, a| emit_flag(a, 'D', o.daemon),
+    },
+    Opt {
+        short: 'R',
+        long: "rename",
+        takes: Takes::Nothing,
+        help: "Rename the module to a unique name before loading",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.rename = true;
+            Ok(())
+        },
+        emit: nothing,
+    },
+    Opt {
+        short: 'r',
+        long: "remote",
+        takes: Takes::Value("ID:URI"),
+        help: "Remote id and URI",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            let r = v.unwrap_or_default();
+            o.remote = Some(parse_remote(r).ok_or_else(|| CliError::RemoteId(r.to_string()))?);
+            Ok(())
+        },
+        emit: nothing,
+    },
+    Opt {
+        short: 'S',
+        long: "size",
+        takes: Takes::Value("MB[,N]"),
+        help: "Rotate output at MB MiB, keep N files (needs -o)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| {
+            let s = v.unwrap_or_default();
+            o.rotation = Some(parse_rotation(s).ok_or_else(|| CliError::FileSize(s.to_string()))?);
+            Ok(())
+        },
+        emit: |o, a| {
+            let v = o.rotation.map(|r| match (r.bytes >> 20, r.keep) {
+                (mb, 0) => mb.to_string(),
+                (mb, keep) => format!("{mb},{keep}"),
+            });
+            emit_value(a, 'S', v);
+        },
+    },
+    Opt {
+        short: 'T',
+        long: "timeout",
+        takes: Takes::Value("MS"),
+        help: "Relay reader poll timeout in ms (default 200)",
+        hidden: false,
+        only: None,
+        same_as: None,
+        set: |o, v| match number::<u32>(v) {
+            Some(n) if n >= 1 => {
+                o.reader_timeout_ms = n;
+                Ok(())
+            }
+            _ => Err(CliError::ReaderTimeout(v.unwrap_or_default().to_string())),
+        },
+        emit: |o, a| {
+            let t = o.reader_timeout_ms;
+            emit_value(
+                a,
+                'T',
+                (t != DEFAULT_READER_TIMEOUT_MS).then(|| t.to_string()),
+            );
+        },
+    },
+    Opt {
+        short: 'i',
+        long: "stdin",
+        takes: Takes::Nothing,
+        help: "Forward standard input to the module",
+        hidden: true,
+        only: None,
+        same_as: None,
+        set: |o, _| {
+            o.read_stdin = true;
+            Ok(())
+        },
+        emit: |o, a| emit_flag(a, 'i', o.read_stdin),
+    },
+    Opt {
+        short: 'F',
+        long: "relay-fd",
+        takes: Takes::Value("FD"),
+        help: "Pre-opened module directory fd",
+        hidden: false,
+        only: Some(Program::Stapio),
+        same_as: None,
+        set: |o, v| match number::<i32>(v) {
+            Some(n) if n >= 0 => {
+                o.relay_fd = Some(n);
+                Ok(())
+            }
+            _ => Err(CliError::RelayFd(v.unwrap_or_default().to_string())),
+        },
+        // staprun passes its own fd (Options::to_args's `relay_fd`).
+        emit: nothing,
+    },
 ];
-
-fn long_of(c: char) -> &'static str {
-    match c {
-        'A' => "attach",
-        'L' => "load-only",
-        'v' => "verbose",
-        'i' => "stdin",
-        'h' => "help",
-        'd' => "delete",
-        'D' => "daemon",
-        'w' => "suppress-warnings",
-        'R' => "rename",
-        'V' => "version",
-        'u' => "uprobes",
-        'b' => "buffer",
-        't' => "target-pid",
-        'c' => "command",
-        'o' => "output",
-        'x' => "target",
-        'N' => "namespaces-pid",
-        'S' => "size",
-        'r' => "remote",
-        'T' => "timeout",
-        'C' => "color",
-        'M' => "monitor",
-        'F' => "relay-fd",
-        _ => unreachable!("long_of called for an unknown option"),
-    }
-}
-
 /// GNU getopt, reduced to a canonical argv: every option as
 /// `--long=value` (or `--long`), then `--`, then the operands in order.
 /// `-F` given to staprun is reported as [`CliError::RelayFdForStaprun`].
@@ -333,20 +665,18 @@ pub fn normalize(program: Program, args: &[String]) -> Result<Vec<String>, CliEr
         // `--name=value`; the C tools have only the short ones.
         if let Some(long) = arg.strip_prefix("--") {
             let name = long.split('=').next().unwrap_or("");
-            let short = LONGS.iter().find(|(_, l)| *l == name).map(|(c, _)| *c);
-            match short.map(|c| (c, takes(program, c))) {
-                Some((_, Some(Takes::Value))) if !long.contains('=') => {
-                    let c = short.unwrap_or('?');
+            match by_long(name) {
+                Some(o) if !o.accepted_by(program) => return Err(CliError::RelayFdForStaprun),
+                Some(o) if matches!(o.takes, Takes::Value(_)) && !long.contains('=') => {
                     if i < args.len() {
                         i += 1;
                         opts.push(format!("--{name}={}", args[i - 1]));
                     } else {
-                        return Err(CliError::MissingValue(c));
+                        return Err(CliError::MissingValue(o.short));
                     }
                 }
-                Some((_, Some(_))) => opts.push(arg.clone()),
-                Some(('F', None)) => return Err(CliError::RelayFdForStaprun),
-                _ => return Err(CliError::UnknownOption(format!("-{long}"))),
+                Some(_) => opts.push(arg.clone()),
+                None => return Err(CliError::UnknownOption(format!("-{long}"))),
             }
             continue;
         }
@@ -356,15 +686,15 @@ pub fn normalize(program: Program, args: &[String]) -> Result<Vec<String>, CliEr
         while j < chars.len() {
             let c = chars[j];
             j += 1;
-            let kind = match takes(program, c) {
-                Some(k) => k,
+            let opt = match by_short(program, c) {
+                Some(o) => o,
                 None if c == 'F' => return Err(CliError::RelayFdForStaprun),
                 None => return Err(CliError::UnknownOption(c.to_string())),
             };
-            let long = long_of(c);
-            match kind {
+            let long = opt.long;
+            match opt.takes {
                 Takes::Nothing => opts.push(format!("--{long}")),
-                Takes::OptionalAttached => {
+                Takes::OptionalAttached(_) => {
                     let rest: String = chars[j..].iter().collect();
                     j = chars.len();
                     if rest.is_empty() {
@@ -373,7 +703,7 @@ pub fn normalize(program: Program, args: &[String]) -> Result<Vec<String>, CliEr
                         opts.push(format!("--{long}={rest}"));
                     }
                 }
-                Takes::Value => {
+                Takes::Value(_) => {
                     let rest: String = chars[j..].iter().collect();
                     j = chars.len();
                     let v = if !rest.is_empty() {
@@ -416,10 +746,6 @@ pub fn parse(program: Program, raw: &[OsString]) -> Result<Options, CliError> {
         .try_get_matches_from(&canonical)
         .map_err(|e| CliError::Clap(first_line(&e.to_string())))?;
 
-    let last = |id: &str| {
-        m.get_many::<String>(id)
-            .and_then(|mut v| v.next_back().cloned())
-    };
     let mut o = Options {
         verbose: u32::from(m.get_count("verbose")),
         version: m.get_flag("version"),
@@ -430,90 +756,37 @@ pub fn parse(program: Program, raw: &[OsString]) -> Result<Options, CliError> {
     if o.help || o.version {
         return Ok(o);
     }
-    o.suppress_warnings = m.get_flag("suppress-warnings");
-    o.load_only = m.get_flag("load-only");
-    o.attach = m.get_flag("attach");
-    o.delete = m.get_flag("delete");
-    o.daemon = m.get_flag("daemon");
-    o.rename = m.get_flag("rename");
-    o.read_stdin = m.get_flag("stdin");
-    if m.contains_id("uprobes") && m.value_source("uprobes").is_some() {
-        o.uprobes = Some(last("uprobes"));
-    }
-    o.target_cmd = last("command");
-    // -t and -x: the later one on the command line wins, as with getopt.
-    let x = m.get_many::<String>("target").map(|mut v| {
-        (
-            m.indices_of("target").and_then(|mut i| i.next_back()),
-            v.next_back().cloned(),
-        )
-    });
-    let t = m.get_many::<String>("target-pid").map(|mut v| {
-        (
-            m.indices_of("target-pid").and_then(|mut i| i.next_back()),
-            v.next_back().cloned(),
-        )
-    });
-    let pid = match (x, t) {
-        (Some((xi, xv)), Some((ti, tv))) => {
-            if ti > xi {
-                tv
-            } else {
-                xv
-            }
+    // The last occurrence of each option, in the table's order (which is
+    // also the order the values are validated in).
+    let last_index = |o: &Opt| m.indices_of(o.long).and_then(Iterator::max);
+    for opt in options(program) {
+        // -v, -V and -h are read above.
+        if matches!(opt.short, 'v' | 'V' | 'h') {
+            continue;
         }
-        (Some((_, v)), None) | (None, Some((_, v))) => v,
-        (None, None) => None,
-    };
-    if let Some(p) = pid {
-        o.target_pid = Some(parse_pid(&p).ok_or(CliError::TargetPid(p.clone()))?);
-    }
-    if let Some(p) = last("namespaces-pid") {
-        match parse_pid(&p) {
-            Some(n) if n > 0 => o.namespaces_pid = Some(n),
-            _ => return Err(CliError::NamespacesPid(p)),
-        }
-    }
-    o.outfile = last("output");
-    if let Some(b) = last("buffer") {
-        match b.parse::<u32>() {
-            Ok(n) if (1..=4095).contains(&n) => o.buffer_size_mb = Some(n),
-            _ => return Err(CliError::BufferSize(b)),
-        }
-    }
-    if let Some(c) = last("color") {
-        o.color = match c.as_str() {
-            "never" => ColorMode::Never,
-            "auto" => ColorMode::Auto,
-            "always" => ColorMode::Always,
-            _ => return Err(CliError::Color(c)),
+        let present = match opt.takes {
+            Takes::Nothing => m.get_flag(opt.long),
+            Takes::OptionalAttached(_) => m.value_source(opt.long).is_some(),
+            Takes::Value(_) => m.contains_id(opt.long),
         };
-    }
-    if let Some(mi) = last("monitor") {
-        match mi.parse::<u32>() {
-            Ok(n) if n >= 1 => o.monitor_interval = Some(n),
-            _ => return Err(CliError::MonitorInterval(mi)),
+        if !present {
+            continue;
         }
-    }
-    if let Some(r) = last("remote") {
-        o.remote = Some(parse_remote(&r).ok_or(CliError::RemoteId(r))?);
-    }
-    if let Some(s) = last("size") {
-        o.rotation = Some(parse_rotation(&s).ok_or(CliError::FileSize(s))?);
-    }
-    if let Some(t) = last("timeout") {
-        match t.parse::<u32>() {
-            Ok(n) if n >= 1 => o.reader_timeout_ms = n,
-            _ => return Err(CliError::ReaderTimeout(t)),
+        // Of two spellings of one option, the later one wins.
+        let later_spelling = options(program).any(|other| {
+            (other.same_as == Some(opt.short) || opt.same_as == Some(other.short))
+                && last_index(other) > last_index(opt)
+        });
+        if later_spelling {
+            continue;
         }
-    }
-    if program == Program::Stapio
-        && let Some(f) = last("relay-fd")
-    {
-        match f.parse::<i32>() {
-            Ok(n) if n >= 0 => o.relay_fd = Some(n),
-            _ => return Err(CliError::RelayFd(f)),
-        }
+        let value = match opt.takes {
+            Takes::Nothing => None,
+            _ => m
+                .get_many::<String>(opt.long)
+                .and_then(|mut v| v.next_back().cloned()),
+        };
+        (opt.set)(&mut o, value.as_deref())?;
     }
     check_exclusions(&o)?;
 
@@ -682,53 +955,8 @@ impl Options {
     /// (a `-R` renamed module), and `relay_fd` is appended as `-F`.
     pub fn to_args(&self, module: &str, relay_fd: Option<i32>) -> Vec<String> {
         let mut a = Vec::new();
-        for _ in 0..self.verbose {
-            a.push("-v".to_string());
-        }
-        if self.suppress_warnings {
-            a.push("-w".into());
-        }
-        if let Some(c) = &self.target_cmd {
-            a.extend(["-c".into(), c.clone()]);
-        }
-        if let Some(p) = self.target_pid {
-            a.extend(["-x".into(), p.to_string()]);
-        }
-        if let Some(p) = self.namespaces_pid {
-            a.extend(["-N".into(), p.to_string()]);
-        }
-        if let Some(o) = &self.outfile {
-            a.extend(["-o".into(), o.clone()]);
-        }
-        if let Some(b) = self.buffer_size_mb {
-            a.extend(["-b".into(), b.to_string()]);
-        }
-        if self.load_only {
-            a.push("-L".into());
-        }
-        if self.attach {
-            a.push("-A".into());
-        }
-        a.extend(["-C".into(), self.color.as_str().into()]);
-        if let Some(m) = self.monitor_interval {
-            a.extend(["-M".into(), m.to_string()]);
-        }
-        if self.daemon {
-            a.push("-D".into());
-        }
-        if let Some(r) = &self.rotation {
-            let mb = r.bytes >> 20;
-            if r.keep > 0 {
-                a.extend(["-S".into(), format!("{mb},{}", r.keep)]);
-            } else {
-                a.extend(["-S".into(), mb.to_string()]);
-            }
-        }
-        if self.reader_timeout_ms != DEFAULT_READER_TIMEOUT_MS {
-            a.extend(["-T".into(), self.reader_timeout_ms.to_string()]);
-        }
-        if self.read_stdin {
-            a.push("-i".into());
+        for opt in &OPTIONS {
+            (opt.emit)(self, &mut a);
         }
         if let Some(fd) = relay_fd {
             a.extend(["-F".into(), fd.to_string()]);
@@ -1004,6 +1232,80 @@ mod tests {
         assert!(resolve_module(&"a".repeat(57), b).is_err());
         assert!(resolve_module("bad\nname", b).is_err());
         assert!(resolve_module("..", b).is_err());
+    }
+
+    #[test]
+    fn the_table_has_systemtaps_getopt_letters() {
+        // The C tools' getopt strings, as sets of (letter, kind).
+        let kinds = |g: &str| {
+            let mut v: Vec<(char, usize)> = Vec::new();
+            for c in g.chars() {
+                match (c, v.last_mut()) {
+                    (':', Some(last)) => last.1 += 1,
+                    _ => v.push((c, 0)),
+                }
+            }
+            v.sort();
+            v
+        };
+        let c_staprun = "ALu::vihb:t:dc:o:x:N:S:DwRr:VT:C:M:";
+        assert_eq!(kinds(&getopt_letters(Program::Staprun)), kinds(c_staprun));
+        assert_eq!(
+            kinds(&getopt_letters(Program::Stapio)),
+            kinds(&format!("{c_staprun}F:"))
+        );
+        // Every long name is unique, and every letter.
+        for (i, a) in OPTIONS.iter().enumerate() {
+            for b in &OPTIONS[i + 1..] {
+                assert!(a.short != b.short && a.long != b.long, "{}", a.long);
+            }
+        }
+    }
+
+    #[test]
+    fn to_args_is_every_forwarded_option_in_order() {
+        let o = sr(&[
+            "-vv", "-w", "-x", "42", "-N", "5", "-o", "out", "-b", "4", "-C", "always", "-M", "2",
+            "-D", "-S", "3,2", "-T", "50", "-i", "-u", "-R", "-r", "1:x", "m.ko", "a=1",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.to_args("m", Some(4)),
+            [
+                "-v", "-v", "-w", "-x", "42", "-N", "5", "-o", "out", "-b", "4", "-C", "always",
+                "-M", "2", "-D", "-S", "3,2", "-T", "50", "-i", "-F", "4", "--", "m"
+            ]
+        );
+        let o = sr(&["-c", "ls", "-L", "-S", "3", "-o", "x", "m.ko"]).unwrap();
+        assert_eq!(
+            o.to_args("m", None),
+            [
+                "-c", "ls", "-o", "x", "-L", "-C", "auto", "-S", "3", "--", "m"
+            ]
+        );
+        let o = sr(&["-A", "m"]).unwrap();
+        assert_eq!(o.to_args("m", None), ["-A", "-C", "auto", "--", "m"]);
+    }
+
+    #[test]
+    fn the_later_of_t_and_x_wins() {
+        assert_eq!(
+            sr(&["-t", "1", "-x", "2", "m"]).unwrap().target_pid,
+            Some(2)
+        );
+        assert_eq!(
+            sr(&["-x", "2", "-t", "1", "m"]).unwrap().target_pid,
+            Some(1)
+        );
+        // The loser is not even validated, as with getopt's last-wins.
+        assert_eq!(
+            sr(&["-x", "bad", "-t", "1", "m"]).unwrap().target_pid,
+            Some(1)
+        );
+        assert_eq!(
+            sr(&["-t", "1", "-x", "bad", "m"]).unwrap_err(),
+            CliError::TargetPid("bad".into())
+        );
     }
 
     #[test]

@@ -22,13 +22,10 @@ use stap_common::cli::{self, Program};
 
 use crate::Result;
 
-/// The getopt letters each program accepts (SystemTap's `ALu::vihb:t:dc:o:x:N:S:DwRr:VT:C:M:`,
-/// stapio also `F:`); the man page must document every one.
-pub fn option_letters(program: Program) -> &'static str {
-    match program {
-        Program::Staprun => "ALuvihbtdcoxNSDwRrVTCM",
-        Program::Stapio => "ALuvihbtdcoxNSDwRrVTCMF",
-    }
+/// The option letters each program accepts, from the one option table
+/// (`stap_common::cli::OPTIONS`); the man page must document every one.
+pub fn option_letters(program: Program) -> String {
+    cli::options(program).map(|o| o.short).collect()
 }
 
 /// Build-time paths of the two programs (`STAPRUN_PATH`, `STAPIO_PATH`) for an install prefix.
