@@ -7,9 +7,10 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use stap_common::merge::{ChunkData, ChunkMerge, Piece};
+use stap_common::record::{MAX_PDU, header_len};
+use stapio::framing::{Parser, Span};
+use stapio::merge::{ChunkData, ChunkMerge, Piece};
 use stap_common::protocol::Generation;
-use stap_common::relay::{MAX_PDU, Parser, Span, header_len};
 
 /// What a reader hands the merge: the bytes read and the records in them.
 struct Chunk {

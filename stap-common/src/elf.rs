@@ -172,6 +172,7 @@ pub fn vermagic_release(vermagic: &str) -> Option<&str> {
 /// A `.modinfo` section for a module built for kernel `release`, for
 /// [`build_test_module`]'s `extra` (what kbuild writes, cut down to the
 /// entries staprun reads).
+#[cfg(any(test, feature = "sim"))]
 pub fn test_modinfo(release: &str) -> Vec<u8> {
     format!("license=GPL\0vermagic={release} SMP preempt mod_unload modversions \0").into_bytes()
 }
@@ -189,6 +190,7 @@ pub fn required_privilege(image: &[u8]) -> Option<i32> {
 /// Build a minimal relocatable ELF64 image with the given sections, for
 /// tests, benchmarks and the simulated kernel. The module name goes into a
 /// `.gnu.linkonce.this_module` section laid out like the kernel's.
+#[cfg(any(test, feature = "sim"))]
 pub fn build_test_module(name: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
     let mut this_module = vec![0u8; 0x380];
     this_module[THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + name.len().min(55)]

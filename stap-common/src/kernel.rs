@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::modname::ModName;
 
 pub mod linux;
+/// The simulated kernel: host tests and benchmarks only, never in the
+/// programs (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 /// Where a module's control and relay files live.

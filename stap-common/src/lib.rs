@@ -2,18 +2,17 @@
 //!
 //! * [`cli`]: the getopt-compatible option set both programs parse.
 //! * [`protocol`]: typed control messages of both SystemTap generations.
-//! * [`relay`]: relay record framing (per-CPU `traceN` files).
+//! * [`record`]: the relay record's wire format (per-CPU `traceN` files).
 //! * [`kernel`]: the `KernelOps` boundary, with the real Linux implementation
-//!   and a simulated kernel used by host tests.
+//!   and (feature `sim`, for tests and benchmarks only) a simulated kernel.
 //! * [`sys`]: the thin system layer; the only place with `unsafe`.
 
 pub mod cli;
 pub mod elf;
 pub mod kernel;
-pub mod merge;
 pub mod modname;
 pub mod protocol;
-pub mod relay;
+pub mod record;
 pub mod sys;
 
 /// Version string printed by `-V`.

@@ -5,6 +5,8 @@
 
 pub mod diag;
 pub mod error;
+pub mod framing;
+pub mod merge;
 pub mod output;
 pub mod relay;
 pub mod session;

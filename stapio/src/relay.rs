@@ -1,5 +1,5 @@
 //! The data pump: one reader thread per CPU relay file, parsing records
-//! with [`stap_common::relay::Parser`]. In serial mode the records go to a
+//! with [`crate::framing::Parser`]. In serial mode the records go to a
 //! merger thread that writes payloads in sequence order to one output; in
 //! bulk mode each reader writes header and payload to its own file.
 #![forbid(unsafe_code)]
@@ -14,15 +14,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::framing::{Parser, Span};
 use stap_common::kernel::Relay;
 use stap_common::protocol::Generation;
-use stap_common::relay::{Parser, Span};
 use stap_common::sys;
 
 use crate::error::Error;
+use crate::merge::{ChunkData, ChunkMerge, Piece};
 use crate::output::{Naming, Output, Stream};
 use crate::signals::{self, Signals};
-use stap_common::merge::{ChunkData, ChunkMerge, Piece};
 
 /// Bytes asked of the relay file per read.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -683,7 +683,7 @@ fn merge_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stap_common::relay::encode_record;
+    use stap_common::record::encode_record;
 
     /// Serial batches mix copied small payloads and large ones written
     /// from the readers' buffers: the file has them all, in sequence order,

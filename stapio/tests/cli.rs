@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use stap_common::protocol::Generation;
-use stap_common::relay::encode_record;
+use stap_common::record::encode_record;
 
 const STAPIO: &str = env!("CARGO_BIN_EXE_stapio");
 

@@ -9,7 +9,7 @@ use stap_common::cli::Rotation;
 use stap_common::kernel::KernelOps;
 use stap_common::kernel::sim::{Event, Faults, Script};
 use stap_common::protocol::{Generation, Notice, Request};
-use stap_common::relay::Parser;
+use stapio::framing::Parser;
 use stapio::signals::Signals;
 use stapio::{Error, Outcome};
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::{Control, KernelOps, ModuleDir, Relay, Relocation, Transport};
 use crate::modname::ModName;
 use crate::protocol::{Generation, MsgKind, Notice, Request};
-use crate::relay::encode_record;
+use crate::record::encode_record;
 
 /// What a simulated module does once started.
 #[derive(Debug, Clone)]

@@ -1,45 +1,12 @@
-//! Relay record framing.
-//!
-//! Each record the module prints is a header followed by `pdu_len` bytes:
-//! generation 4 `{u32 sequence; u32 pdu_len}`, generation 5
-//! `{magic F0 9F A9 BA; u32 sequence; u32 pdu_len}`, host byte order.
-//! Sequence numbers are global across CPUs and start at 1.
-//!
-//! [`Parser`] turns the byte stream of one `traceN` file into records,
+//! Relay record framing: [`Parser`] turns the byte stream of one `traceN`
+//! file into records (the wire format is `stap_common::record`),
 //! resynchronising after garbage (on the magic in generation 5; by dropping
 //! the buffered bytes in generation 4, which has no magic).
 //! [`crate::merge::ChunkMerge`] puts the records of all CPUs back in
 //! sequence order and counts gaps.
-#![forbid(unsafe_code)]
 
-use crate::protocol::Generation;
-
-/// The 5.x header magic (U+1FA7A, a stethoscope, in UTF-8).
-pub const MAGIC: [u8; 4] = [0xF0, 0x9F, 0xA9, 0xBA];
-/// Largest payload a single probe flush can produce.
-pub const MAX_PDU: usize = 128 * 1024;
-
-pub fn header_len(g: Generation) -> usize {
-    match g {
-        Generation::V4 => 8,
-        Generation::V5 => 12,
-    }
-}
-
-/// Encode one record as the module writes it (used by the simulated
-/// kernel, benchmarks and tests).
-pub fn encode_record(g: Generation, sequence: u32, payload: &[u8], out: &mut Vec<u8>) {
-    if g == Generation::V5 {
-        out.extend_from_slice(&MAGIC);
-    }
-    out.extend_from_slice(&sequence.to_ne_bytes());
-    out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .unwrap_or(u32::MAX)
-            .to_ne_bytes(),
-    );
-    out.extend_from_slice(payload);
-}
+use stap_common::protocol::Generation;
+use stap_common::record::{MAGIC, MAX_PDU, header_len};
 
 /// One record: its global sequence number, its header bytes as read
 /// (bulk mode writes them out unchanged) and its payload.
@@ -329,6 +296,7 @@ pub fn unwrap_sequence(reference: Option<u64>, seq: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stap_common::record::encode_record;
 
     fn stream(g: Generation, recs: &[(u32, &[u8])]) -> Vec<u8> {
         let mut v = Vec::new();

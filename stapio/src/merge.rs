@@ -11,7 +11,6 @@
 //! record. A record that is out of order within its own source (which a
 //! module does not produce, but a damaged stream might) is copied into a
 //! small heap and merged from there.
-#![forbid(unsafe_code)]
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -19,7 +18,7 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::relay::{MergeStats, Span, unwrap_sequence};
+use crate::framing::{MergeStats, Span, unwrap_sequence};
 
 /// A released payload: in a reader's chunk (which the receiver may keep
 /// alive by cloning the `Rc` to write it later without copying), or in a
@@ -344,8 +343,8 @@ impl<C: ChunkData> ChunkMerge<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Generation;
-    use crate::relay::{encode_record, header_len};
+    use stap_common::protocol::Generation;
+    use stap_common::record::{encode_record, header_len};
 
     struct TestChunk {
         buf: Vec<u8>,
