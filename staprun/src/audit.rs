@@ -8,6 +8,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::policy::Rule;
+
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
@@ -32,15 +34,9 @@ pub fn who(uid: u32, name: Option<&str>, class: &str) -> String {
     )
 }
 
-pub fn load_line(who: &str, module: &str, path: &Path, sha256: &str, rule: &str) -> String {
-    format!(
-        "LOAD {who} module={module} path={} sha256={sha256} rule={}",
-        quote(&path.display().to_string()),
-        quote(rule)
-    )
-}
-
-/// What happens during a load that main must log as it happens.
+/// Every audit event, typed; [`Event::line`] is its syslog line and
+/// [`Event::priority`] its priority. The operations emit them through
+/// `Context::audit` as they happen; main's sink writes them to syslog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<'a> {
     /// Logged before `init_module`: who loads which bytes, by which rule.
@@ -48,7 +44,7 @@ pub enum Event<'a> {
         module: &'a str,
         path: &'a Path,
         sha256: &'a str,
-        rule: &'a str,
+        rule: &'a Rule,
     },
     /// `init_module` failed.
     LoadFailed {
@@ -56,44 +52,80 @@ pub enum Event<'a> {
         path: &'a Path,
         error: &'a str,
     },
+    /// The module is loaded and set up, about to be handed to stapio.
+    Load {
+        module: &'a str,
+        path: &'a Path,
+        sha256: &'a str,
+        rule: &'a Rule,
+    },
+    /// A load refused by the permission rules (`reason` names the rule).
+    Denied { path: &'a Path, reason: &'a str },
+    /// `staprun -d` unloaded the module.
+    Unload { module: &'a str },
+    /// The module was unloaded because its stapio could not start
+    /// (`staprun --undo-start`).
+    Undo { module: &'a str },
 }
 
-/// The syslog line of an event.
-pub fn event_line(who: &str, e: &Event<'_>) -> String {
-    match e {
-        Event::Loading {
-            module,
-            path,
-            sha256,
-            rule,
-        } => format!(
-            "LOADING {who} module={module} path={} sha256={sha256} rule={}",
-            quote(&path.display().to_string()),
-            quote(rule)
-        ),
-        Event::LoadFailed {
-            module,
-            path,
-            error,
-        } => format!(
-            "LOAD-FAILED {who} module={module} path={} error={}",
-            quote(&path.display().to_string()),
-            quote(error)
-        ),
+/// Syslog priorities (`<syslog.h>`), so the events need no libc.
+pub const LOG_WARNING: i32 = 4;
+pub const LOG_NOTICE: i32 = 5;
+
+impl Event<'_> {
+    /// The syslog priority of the event.
+    pub fn priority(&self) -> i32 {
+        match self {
+            Event::LoadFailed { .. } | Event::Denied { .. } => LOG_WARNING,
+            Event::Loading { .. }
+            | Event::Load { .. }
+            | Event::Unload { .. }
+            | Event::Undo { .. } => LOG_NOTICE,
+        }
     }
-}
 
-pub fn deny_line(who: &str, path: &str, reason: &str) -> String {
-    format!("DENY {who} path={} reason={}", quote(path), quote(reason))
-}
-
-pub fn unload_line(who: &str, module: &str) -> String {
-    format!("UNLOAD {who} module={module}")
-}
-
-/// The module was unloaded because its stapio could not start.
-pub fn undo_line(who: &str, module: &str) -> String {
-    format!("UNLOAD {who} module={module} reason=\"stapio did not start\"")
+    /// The syslog line of the event, for the caller `who` (see [`who`]).
+    pub fn line(&self, who: &str) -> String {
+        let q = |p: &Path| quote(&p.display().to_string());
+        match self {
+            Event::Loading {
+                module,
+                path,
+                sha256,
+                rule,
+            } => format!(
+                "LOADING {who} module={module} path={} sha256={sha256} rule={}",
+                q(path),
+                quote(&format!("{rule:?}"))
+            ),
+            Event::LoadFailed {
+                module,
+                path,
+                error,
+            } => format!(
+                "LOAD-FAILED {who} module={module} path={} error={}",
+                q(path),
+                quote(error)
+            ),
+            Event::Load {
+                module,
+                path,
+                sha256,
+                rule,
+            } => format!(
+                "LOAD {who} module={module} path={} sha256={sha256} rule={}",
+                q(path),
+                quote(&format!("{rule:?}"))
+            ),
+            Event::Denied { path, reason } => {
+                format!("DENY {who} path={} reason={}", q(path), quote(reason))
+            }
+            Event::Unload { module } => format!("UNLOAD {who} module={module}"),
+            Event::Undo { module } => {
+                format!("UNLOAD {who} module={module} reason=\"stapio did not start\"")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,13 +139,44 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         let w = who(1001, Some("alice"), "stapusr");
-        let l = load_line(&w, "pmod", Path::new("/x y/p.ko"), "00", "blessed");
+        let path = Path::new("/x y/p.ko");
+        let rule = Rule::BlessedModule;
+        let l = Event::Load {
+            module: "pmod",
+            path,
+            sha256: "00",
+            rule: &rule,
+        };
         assert_eq!(
-            l,
-            "LOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod path=\"/x y/p.ko\" sha256=00 rule=\"blessed\""
+            l.line(&w),
+            "LOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod path=\"/x y/p.ko\" sha256=00 rule=\"BlessedModule\""
+        );
+        assert_eq!(l.priority(), LOG_NOTICE);
+        let l = Event::Loading {
+            module: "pmod",
+            path,
+            sha256: "00",
+            rule: &Rule::FileGroupWritable { gid: 7 },
+        };
+        assert!(l.line(&w).starts_with("LOADING user="), "{}", l.line(&w));
+        assert!(
+            l.line(&w)
+                .ends_with("rule=\"FileGroupWritable { gid: 7 }\"")
         );
         // A newline in a path cannot start a forged line.
-        let d = deny_line(&w, "/tmp/a\nLOAD user=root", "nope");
-        assert!(!d.contains('\n'));
+        let d = Event::Denied {
+            path: Path::new("/tmp/a\nLOAD user=root"),
+            reason: "nope",
+        };
+        assert!(!d.line(&w).contains('\n'));
+        assert_eq!(d.priority(), LOG_WARNING);
+        assert_eq!(
+            Event::Undo { module: "m" }.line(&w),
+            format!("UNLOAD {w} module=m reason=\"stapio did not start\"")
+        );
+        assert_eq!(
+            Event::Unload { module: "m" }.line(&w),
+            format!("UNLOAD {w} module=m")
+        );
     }
 }

@@ -2,15 +2,19 @@
 //! hand-over, with every kernel operation behind `KernelOps` so that host
 //! tests drive it through the simulated kernel.
 //!
-//! The only place that prints is `main.rs`.
+//! `process.rs` is the real process (the caller, the privileged window,
+//! the system calls of the hand-over); `main.rs` only sanitizes, calls it
+//! and prints.
 
 pub mod audit;
 pub mod creds;
 pub mod env;
 pub mod error;
 pub mod facts;
+pub mod handover;
 pub mod load;
 pub mod policy;
+pub mod process;
 pub mod unload;
 
 pub use error::StaprunError;

@@ -320,8 +320,26 @@ fn dummy_facts() -> crate::policy::ModuleFacts {
     }
 }
 
-/// Decide, read, load and set up the module named by `opts.module`.
+/// Decide, read, load and set up the module named by `opts.module`; the
+/// LOAD (or DENY) audit event is emitted here.
 pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
+    let loaded = load_checked(ctx, opts);
+    match &loaded {
+        Ok(l) => (ctx.audit)(&crate::audit::Event::Load {
+            module: l.name.as_str(),
+            path: &l.path,
+            sha256: &l.sha256,
+            rule: &l.rule,
+        }),
+        Err(StaprunError::Denied { path, reason }) => {
+            (ctx.audit)(&crate::audit::Event::Denied { path, reason });
+        }
+        Err(_) => {}
+    }
+    loaded
+}
+
+fn load_checked(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
     // What stapio would refuse is refused before anything is loaded.
     if let Some(why) = opts.stapio_refuses() {
         return Err(StaprunError::Unsupported(why.to_string()));
@@ -354,13 +372,12 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
         });
     }
     let sha256 = crate::audit::sha256_hex(&image);
-    let rule_text = format!("{rule:?}");
     // The attempt is on record before the kernel sees the bytes.
     (ctx.audit)(&crate::audit::Event::Loading {
         module: name.as_str(),
         path: &path,
         sha256: &sha256,
-        rule: &rule_text,
+        rule: &rule,
     });
     // A module withdrawn from the blessed directory since the decision is
     // not loaded.

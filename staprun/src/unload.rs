@@ -7,6 +7,7 @@ use std::time::Duration;
 use stap_common::modname::ModName;
 
 use crate::Context;
+use crate::audit::Event;
 use crate::error::StaprunError;
 use crate::policy::Class;
 
@@ -18,6 +19,7 @@ pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError
             let Ok(n) = ModName::new(&m) else { continue };
             // Modules that are not ours or are attached are left alone.
             if unload_one(ctx, &n).is_ok() {
+                (ctx.audit)(&Event::Unload { module: &m });
                 done.push(m);
             }
         }
@@ -25,7 +27,23 @@ pub fn unload(ctx: &Context<'_>, name: &str) -> Result<Vec<String>, StaprunError
     }
     let n = ModName::new(name).map_err(|e| StaprunError::BadName(e.to_string()))?;
     unload_one(ctx, &n)?;
+    (ctx.audit)(&Event::Unload { module: name });
     Ok(vec![name.to_string()])
+}
+
+/// `staprun --undo-start MODULE`: unload a module whose stapio could not
+/// start, through the checks of `staprun -d`, and fail with
+/// [`StaprunError::StartFailed`].
+pub fn undo_start(ctx: &Context<'_>, name: &ModName) -> StaprunError {
+    if let Err(e) = unload_one(ctx, name) {
+        return e;
+    }
+    (ctx.audit)(&Event::Undo {
+        module: name.as_str(),
+    });
+    StaprunError::StartFailed {
+        module: name.to_string(),
+    }
 }
 
 /// Undo a load of this staprun's after a failure: through the very checks

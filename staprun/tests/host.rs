@@ -16,8 +16,9 @@ use stap_common::kernel::sim::{Event, Faults, Script, SimKernel};
 use stap_common::protocol::{Generation, Request};
 
 use staprun::facts::GroupDb;
+use staprun::handover::UndoGuard;
 use staprun::policy::Class;
-use staprun::{Context, StaprunError, load, unload};
+use staprun::{Context, StaprunError, audit, load, unload};
 
 const STAPDEV_GID: u32 = 158;
 const ALICE: u32 = 1001; // stapusr
@@ -126,9 +127,32 @@ fn no() -> bool {
     false
 }
 
+/// A context on `kernel` for `uid` in `class`, loading from `blessed_dir`:
+/// no privileged window, no audit, never interrupted, warnings dropped.
+fn ctx(kernel: &SimKernel, blessed_dir: PathBuf, uid: u32, class: Class) -> Context<'_> {
+    Context {
+        kernel,
+        groups: &Groups,
+        blessed_dir,
+        real_uid: uid,
+        real_gid: 0,
+        lookup_ids: None,
+        window: &staprun::NoWindow,
+        audit: &staprun::no_audit,
+        class,
+        pid: 1,
+        interrupted: &no,
+        warn: &ignore,
+    }
+}
+
+fn ignore(_: &str) {}
+
 struct Run {
     kernel: SimKernel,
     warnings: RefCell<Vec<String>>,
+    /// The audit lines of every load and unload, as `who` did them.
+    audit: RefCell<Vec<String>>,
 }
 
 impl Run {
@@ -136,6 +160,7 @@ impl Run {
         Run {
             kernel: SimKernel::new(2),
             warnings: RefCell::new(Vec::new()),
+            audit: RefCell::new(Vec::new()),
         }
     }
     fn load(
@@ -149,38 +174,21 @@ impl Run {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let opts = cli::parse(Program::Staprun, &args)?;
         let warn = |m: &str| self.warnings.borrow_mut().push(m.to_string());
+        let audit = |e: &audit::Event<'_>| self.audit.borrow_mut().push(e.line("who"));
         let ctx = Context {
-            kernel: &self.kernel,
-            groups: &Groups,
-            blessed_dir: tree.blessed(),
-            real_uid: uid,
-            real_gid: 0,
-            lookup_ids: None,
-            window: &staprun::NoWindow,
-            audit: &staprun::no_audit,
-            class,
             pid: 4242,
-            interrupted: &no,
             warn: &warn,
+            audit: &audit,
+            ..ctx(&self.kernel, tree.blessed(), uid, class)
         };
         load::load(&ctx, &opts)
     }
     fn unload(&self, class: Class, uid: u32, name: &str) -> Result<Vec<String>, StaprunError> {
         self.kernel.set_caller(uid, 0);
-        let warn = |_: &str| {};
+        let audit = |e: &audit::Event<'_>| self.audit.borrow_mut().push(e.line("who"));
         let ctx = Context {
-            kernel: &self.kernel,
-            groups: &Groups,
-            blessed_dir: PathBuf::from("/nonexistent"),
-            real_uid: uid,
-            real_gid: 0,
-            lookup_ids: None,
-            window: &staprun::NoWindow,
-            audit: &staprun::no_audit,
-            class,
-            pid: 1,
-            interrupted: &no,
-            warn: &warn,
+            audit: &audit,
+            ..ctx(&self.kernel, PathBuf::from("/nonexistent"), uid, class)
         };
         unload::unload(&ctx, name)
     }
@@ -334,21 +342,7 @@ fn explain_agrees_with_load_on_every_row() {
             let arg = setup(&tree, row);
             let run = Run::new();
             run.kernel.set_caller(uid, 0);
-            let warn = |_: &str| {};
-            let ctx = Context {
-                kernel: &run.kernel,
-                groups: &Groups,
-                blessed_dir: tree.blessed(),
-                real_uid: uid,
-                real_gid: 0,
-                lookup_ids: None,
-                window: &staprun::NoWindow,
-                audit: &staprun::no_audit,
-                class,
-                pid: 1,
-                interrupted: &no,
-                warn: &warn,
-            };
+            let ctx = ctx(&run.kernel, tree.blessed(), uid, class);
             let path = cli::resolve_module(&arg, &tree.blessed()).unwrap().path;
             let (allowed, text) = load::explain(&ctx, &path).unwrap();
             assert_eq!(allowed, expected(class, row), "{row:?} as {class}: {text}");
@@ -686,21 +680,7 @@ fn a_module_for_another_kernel_is_refused_for_everyone() {
             );
             assert_eq!(err.exit_code(), 1);
             assert!(run.kernel.events().is_empty(), "{class}: the kernel saw it");
-            let warn = |_: &str| {};
-            let ctx = Context {
-                kernel: &run.kernel,
-                groups: &Groups,
-                blessed_dir: tree.blessed(),
-                real_uid: uid,
-                real_gid: 0,
-                lookup_ids: None,
-                window: &staprun::NoWindow,
-                audit: &staprun::no_audit,
-                class,
-                pid: 1,
-                interrupted: &no,
-                warn: &warn,
-            };
+            let ctx = ctx(&run.kernel, tree.blessed(), uid, class);
             let (allowed, text) = load::explain(&ctx, &p).unwrap();
             assert!(
                 !allowed && text.contains(&mine) && text.contains(&other),
@@ -780,18 +760,9 @@ fn alice_ctx<'a>(
     warn: &'a dyn Fn(&str),
 ) -> Context<'a> {
     Context {
-        kernel,
-        groups: &Groups,
-        blessed_dir: tree.blessed(),
-        real_uid: ALICE,
-        real_gid: 0,
-        lookup_ids: None,
-        window: &staprun::NoWindow,
-        audit: &staprun::no_audit,
-        class: Class::Stapusr,
-        pid: 1,
         interrupted,
         warn,
+        ..ctx(kernel, tree.blessed(), ALICE, Class::Stapusr)
     }
 }
 
@@ -881,28 +852,14 @@ fn attach_rule() {
     let run = Run::new();
     run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
     let name = stap_common::modname::ModName::new("pmod").unwrap();
-    let warn = |_: &str| {};
-    let ctx = |uid, class| Context {
-        kernel: &run.kernel,
-        groups: &Groups,
-        blessed_dir: tree.blessed(),
-        real_uid: uid,
-        real_gid: 0,
-        lookup_ids: None,
-        window: &staprun::NoWindow,
-        audit: &staprun::no_audit,
-        class,
-        pid: 1,
-        interrupted: &no,
-        warn: &warn,
-    };
+    let as_ = |uid, class| ctx(&run.kernel, tree.blessed(), uid, class);
     run.kernel.set_caller(SAM, 0);
-    let e = load::attach(&ctx(SAM, Class::Stapsys), &name)
+    let e = load::attach(&as_(SAM, Class::Stapsys), &name)
         .err()
         .expect("sam may not attach");
     assert!(e.to_string().contains("another user"), "{e}");
     run.kernel.set_caller(ALICE, 0);
-    assert!(load::attach(&ctx(ALICE, Class::Stapusr), &name).is_ok());
+    assert!(load::attach(&as_(ALICE, Class::Stapusr), &name).is_ok());
 }
 
 #[test]
@@ -924,4 +881,67 @@ fn uprobes_needs_stapdev() {
     run.load(&tree, Class::Stapdev, BOB, &[&arg, "pmod"])
         .unwrap();
     assert!(run.kernel.is_loaded("uprobes") && run.kernel.is_loaded("pmod"));
+}
+
+/// Every load, denial and unload is on record, in order, with the hash of
+/// the bytes loaded.
+#[test]
+fn the_audit_trail_of_a_load_a_denial_and_an_unload() {
+    let tree = Tree::new();
+    let path = tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
+    let sha = audit::sha256_hex(&fs::read(&path).unwrap());
+    let run = Run::new();
+    run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
+    run.load(&tree, Class::None, CAROL, &["pmod"]).unwrap_err();
+    run.unload(Class::Stapusr, ALICE, "pmod").unwrap();
+    let lines = run.audit.borrow().clone();
+    let kinds: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(kinds, ["LOADING", "LOAD", "DENY", "UNLOAD"], "{lines:#?}");
+    assert!(
+        lines[0].contains(&sha) && lines[1].contains(&sha),
+        "{lines:#?}"
+    );
+    assert!(lines[1].contains("rule=\"BlessedModule\""), "{lines:#?}");
+    assert!(lines[2].contains("not a member of stapusr"), "{lines:#?}");
+    assert_eq!(lines[3], "UNLOAD who module=pmod");
+}
+
+/// The hand-over's guard: dropped or failed, it unloads (through the -d
+/// checks) what this staprun loaded; disarmed at the privilege drop, or
+/// for a module it only attached to, it leaves the module alone.
+#[test]
+fn the_undo_guard_unloads_unless_disarmed() {
+    let tree = Tree::new();
+    tree.module(&tree.blessed(), "pmod", 0o644, 0, 0);
+    let run = Run::new();
+    let name = stap_common::modname::ModName::new("pmod").unwrap();
+    let alice = ctx(&run.kernel, tree.blessed(), ALICE, Class::Stapusr);
+
+    run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
+    drop(UndoGuard::new(&alice, name.clone(), true));
+    assert!(!run.kernel.is_loaded("pmod"), "dropped: unloaded");
+
+    run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
+    let e = UndoGuard::new(&alice, name.clone(), true).fail(StaprunError::Fips);
+    assert!(
+        matches!(&e, StaprunError::Undone { undo, .. } if undo == "it has been unloaded"),
+        "{e}"
+    );
+    assert!(!run.kernel.is_loaded("pmod"), "failed: unloaded");
+
+    run.load(&tree, Class::Stapusr, ALICE, &["pmod"]).unwrap();
+    assert!(UndoGuard::new(&alice, name.clone(), true).disarm());
+    assert!(run.kernel.is_loaded("pmod"), "disarmed: left for stapio");
+
+    // Attached, not loaded by this staprun: never unloaded.
+    let e = UndoGuard::new(&alice, name.clone(), false).fail(StaprunError::Fips);
+    assert!(matches!(e, StaprunError::Fips), "{e}");
+    assert!(run.kernel.is_loaded("pmod"));
+
+    // Another user's module: the -d checks keep it.
+    let sam = ctx(&run.kernel, tree.blessed(), SAM, Class::Stapsys);
+    run.kernel.set_caller(SAM, 0);
+    let e = UndoGuard::new(&sam, name, true).fail(StaprunError::Fips);
+    assert!(e.to_string().contains("it was left loaded"), "{e}");
+    assert!(run.kernel.is_loaded("pmod"));
 }

@@ -20,6 +20,7 @@ use stapio::diag::Diag;
 use stapio::signals::Signals;
 use stapio::{Config, Error, Outcome, Session, Streams};
 use staprun::facts::GroupDb;
+use staprun::handover::ExecPlan;
 use staprun::policy::Class;
 use staprun::{Context, load, unload};
 
@@ -136,13 +137,32 @@ fn flow(g: Generation) {
     let opts = cli::parse(Program::Staprun, &argv).unwrap();
     let loaded = load::load(&ctx(&k, &t, ALICE, Class::Stapusr, &warn), &opts).unwrap();
     assert_eq!(loaded.generation, g);
-    // The hand-over: stapio's argv is rebuilt from staprun's options.
-    let stapio_argv: Vec<OsString> = opts
-        .to_args(loaded.name.as_str(), None)
-        .into_iter()
-        .map(OsString::from)
-        .collect();
+    // The hand-over: staprun's plan for executing stapio, with the
+    // caller's environment filtered.
+    let captured = vec![
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("LD_PRELOAD".to_string(), "/tmp/evil.so".to_string()),
+        ("SYSTEMTAP_STAPIO".to_string(), "/tmp/evil".to_string()),
+    ];
+    let stapio_path = std::path::Path::new("/usr/libexec/staprun/stapio");
+    let plan = ExecPlan::stapio(stapio_path, &opts, &loaded.name, Some(7), captured);
+    assert_eq!(plan.path.to_str().unwrap(), stapio_path.to_str().unwrap());
+    let env = plan.env();
+    assert!(env.contains(&("LANG".into(), "C.UTF-8".into())), "{env:?}");
+    assert!(
+        env.contains(&("SYSTEMTAP_MODULE".into(), "pmod".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.iter()
+            .all(|(k, _)| k != "LD_PRELOAD" && k != "SYSTEMTAP_STAPIO")
+    );
+    let args = plan.args();
+    assert_eq!(args[0], stapio_path.to_str().unwrap());
+    let stapio_argv: Vec<OsString> = args[1..].iter().map(OsString::from).collect();
     let sopts = cli::parse(Program::Stapio, &stapio_argv).unwrap();
+    assert_eq!(sopts.relay_fd, Some(7));
+    assert_eq!(sopts.buffer_size_mb, Some(2));
     let name = cli::resolve_module(&sopts.module, std::path::Path::new("/"))
         .unwrap()
         .name;
