@@ -1,6 +1,6 @@
 //! The `KernelOps` boundary: every kernel operation staprun and stapio make
 //! on a SystemTap module goes through these traits, implemented for real
-//! in [`linux`] and simulated in [`sim`].
+//! in [`linux`] and simulated in `sim` (feature `sim`: tests and benchmarks only).
 #![forbid(unsafe_code)]
 
 use std::io;

@@ -5,14 +5,19 @@
 //! * [`record`]: the relay record's wire format (per-CPU `traceN` files).
 //! * [`kernel`]: the `KernelOps` boundary, with the real Linux implementation
 //!   and (feature `sim`, for tests and benchmarks only) a simulated kernel.
-//! * [`sys`]: the thin system layer; the only place with `unsafe`.
+//! * [`ids`]: typed user, group and process ids.
+//! * [`sys`]: the thin system layer; the only module allowed `unsafe`
+//!   (`deny(unsafe_code)` everywhere else).
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod elf;
+pub mod ids;
 pub mod kernel;
 pub mod modname;
 pub mod protocol;
 pub mod record;
+#[allow(unsafe_code)]
 pub mod sys;
 
 /// Version string printed by `-V`.

@@ -7,7 +7,7 @@
 //!
 //! Generation 4 (SystemTap 4.x, Debian bookworm's 4.8) numbers the
 //! messages from 0; generation 5 renumbered them from 0x50 in the same
-//! order. The relay record header also differs (see [`crate::relay`]).
+//! order. The relay record header also differs (see [`crate::record`]).
 //! The generation is learnt from the module's own answers (see
 //! [`Generation::probe_order`]), never from user input.
 #![forbid(unsafe_code)]

@@ -6,6 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use stap_common::cli::CliError;
+use stap_common::ids::{Gid, Pid, Uid};
 use stap_common::modname::ModName;
 use thiserror::Error;
 
@@ -17,10 +18,10 @@ pub enum Error {
         "stapio must not run setuid or setgid (real uid {ruid}, effective uid {euid}, real gid {rgid}, effective gid {egid})"
     )]
     Setuid {
-        ruid: u32,
-        euid: u32,
-        rgid: u32,
-        egid: u32,
+        ruid: Uid,
+        euid: Uid,
+        rgid: Gid,
+        egid: Gid,
     },
     #[error("cannot set up the process: {0}")]
     Setup(io::Error),
@@ -71,7 +72,7 @@ pub enum Error {
     #[error("Failed to start -c command '{cmd}': {source}")]
     TargetSpawn { cmd: String, source: io::Error },
     #[error("Failed to release the -c command (pid {pid}): {source}")]
-    TargetRelease { pid: i32, source: io::Error },
+    TargetRelease { pid: Pid, source: io::Error },
     #[error("Failed to daemonize stapio: {0}")]
     Daemon(io::Error),
     #[error("Unable to unload module {module}: {detail}")]

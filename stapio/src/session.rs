@@ -371,7 +371,7 @@ impl<'k> Session<'k> {
     pub fn target_pid(&self) -> i32 {
         self.target
             .as_ref()
-            .map_or(self.cfg.target_pid, Target::pid)
+            .map_or(self.cfg.target_pid, |t| t.pid().as_raw())
     }
 
     /// The main loop, then the end: close, and unload unless detaching.

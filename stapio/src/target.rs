@@ -17,6 +17,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use stap_common::ids::Pid;
 use stap_common::sys::{self, ChildStatus, ExecSpec};
 
 use crate::error::Error;
@@ -85,7 +86,7 @@ pub fn plan(cmd: &str, read_stdin: bool, path_var: Option<&OsStr>) -> Plan {
 /// The `-c` child.
 #[derive(Debug)]
 pub struct Target {
-    pid: i32,
+    pid: Pid,
     gate: Option<OwnedFd>,
     status: Option<ChildStatus>,
 }
@@ -108,7 +109,7 @@ impl Target {
         })
     }
 
-    pub fn pid(&self) -> i32 {
+    pub fn pid(&self) -> Pid {
         self.pid
     }
 

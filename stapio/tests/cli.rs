@@ -120,7 +120,7 @@ fn attach_and_signal(sig: i32) -> (Option<i32>, String, String, Vec<u8>) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    stap_common::sys::kill(child.id() as i32, sig).unwrap();
+    stap_common::sys::kill(stap_common::ids::Pid::from_raw(child.id() as i32), sig).unwrap();
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
+use stap_common::ids::Uid;
 
 use crate::policy::Rule;
 
@@ -26,7 +27,7 @@ pub fn quote(v: &str) -> String {
 }
 
 /// Who: `user=NAME uid=N class=C`.
-pub fn who(uid: u32, name: Option<&str>, class: &str) -> String {
+pub fn who(uid: Uid, name: Option<&str>, class: &str) -> String {
     format!(
         "user={} uid={uid} class={}",
         quote(name.unwrap_or("?")),
@@ -138,7 +139,7 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let w = who(1001, Some("alice"), "stapusr");
+        let w = who(Uid::from_raw(1001), Some("alice"), "stapusr");
         let path = Path::new("/x y/p.ko");
         let rule = Rule::BlessedModule;
         let l = Event::Load {

@@ -1,14 +1,16 @@
 //! The caller's privilege class, from the real uid and the real groups.
 #![forbid(unsafe_code)]
 
+use stap_common::ids::{Gid, Uid};
+
 use crate::policy::Class;
 
 /// Group ids of the three SystemTap groups (absent groups are `None`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StapGroups {
-    pub stapusr: Option<u32>,
-    pub stapsys: Option<u32>,
-    pub stapdev: Option<u32>,
+    pub stapusr: Option<Gid>,
+    pub stapsys: Option<Gid>,
+    pub stapdev: Option<Gid>,
 }
 
 impl StapGroups {
@@ -23,11 +25,11 @@ impl StapGroups {
 
 /// Classify a caller. `groups` are the real gid and the supplementary
 /// groups; the effective ids play no part (staprun is setuid root).
-pub fn classify(real_uid: u32, groups: &[u32], stap: StapGroups) -> Class {
-    if real_uid == 0 {
+pub fn classify(real_uid: Uid, groups: &[Gid], stap: StapGroups) -> Class {
+    if real_uid.is_root() {
         return Class::Root;
     }
-    let has = |g: Option<u32>| g.is_some_and(|g| groups.contains(&g));
+    let has = |g: Option<Gid>| g.is_some_and(|g| groups.contains(&g));
     if has(stap.stapdev) {
         Class::Stapdev
     } else if has(stap.stapsys) {
@@ -44,10 +46,15 @@ mod tests {
     use super::*;
 
     const G: StapGroups = StapGroups {
-        stapusr: Some(156),
-        stapsys: Some(157),
-        stapdev: Some(158),
+        stapusr: Some(Gid::from_raw(156)),
+        stapsys: Some(Gid::from_raw(157)),
+        stapdev: Some(Gid::from_raw(158)),
     };
+
+    fn classify(uid: u32, groups: &[u32], stap: StapGroups) -> Class {
+        let groups: Vec<Gid> = groups.iter().copied().map(Gid::from_raw).collect();
+        super::classify(Uid::from_raw(uid), &groups, stap)
+    }
 
     #[test]
     fn classes() {

@@ -17,6 +17,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
+use stap_common::ids::{Gid, Uid};
 use stap_common::sys;
 
 use crate::error::StaprunError;
@@ -25,7 +26,8 @@ use crate::policy::{AclWho, AclWriter, Class, FileKind, ModuleFacts, Placement, 
 /// Largest module image we read (real modules are a few MiB).
 pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 
-/// Group facts, injectable so tests can use made-up groups.
+/// Group facts, injectable so tests can use made-up groups. Raw ids, as
+/// the policy compares them with a file's owner and group from `stat`.
 pub trait GroupDb {
     fn stapdev_gid(&self) -> Option<u32>;
     fn is_stapdev_member(&self, uid: u32) -> bool;
@@ -37,11 +39,11 @@ pub struct SystemGroups;
 
 impl GroupDb for SystemGroups {
     fn stapdev_gid(&self) -> Option<u32> {
-        sys::group_id("stapdev")
+        sys::group_id("stapdev").map(Gid::as_raw)
     }
     fn is_stapdev_member(&self, uid: u32) -> bool {
         self.stapdev_gid()
-            .is_some_and(|g| sys::user_in_group(uid, g))
+            .is_some_and(|g| sys::user_in_group(Uid::from_raw(uid), Gid::from_raw(g)))
     }
 }
 
@@ -101,8 +103,8 @@ fn acl_writers_of(fd: BorrowedFd<'_>, shown: &Path) -> io::Result<Vec<AclWriter>
             path: shown.to_path_buf(),
             who: w,
             name: match w {
-                AclWho::User(u) => sys::user_name(u),
-                AclWho::Group(g) => sys::group_name(g),
+                AclWho::User(u) => sys::user_name(Uid::from_raw(u)),
+                AclWho::Group(g) => sys::group_name(Gid::from_raw(g)),
             },
         })
         .collect())
@@ -110,7 +112,7 @@ fn acl_writers_of(fd: BorrowedFd<'_>, shown: &Path) -> io::Result<Vec<AclWriter>
 
 /// Run `f` with the effective ids `ids` (when given: no capabilities, the
 /// caller's rights only), then root's again.
-fn with_caller_ids<T>(ids: Option<(u32, u32)>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+fn with_caller_ids<T>(ids: Option<(Uid, Gid)>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let Some((uid, gid)) = ids else {
         return f();
     };
@@ -242,7 +244,7 @@ pub fn gather(
     blessed_dir: &Path,
     class: Class,
     groups: &dyn GroupDb,
-    lookup_ids: Option<(u32, u32)>,
+    lookup_ids: Option<(Uid, Gid)>,
 ) -> Result<Opened, StaprunError> {
     let io_err = |what: &str, e: io::Error| StaprunError::Io {
         what: what.to_string(),
@@ -452,8 +454,8 @@ fn read_whole(fd: &OwnedFd, size: u64, len: usize) -> io::Result<Option<Vec<u8>>
 struct Version {
     id: (u64, u64),
     size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    mtime: (i64, u64),
+    ctime: (i64, u64),
 }
 
 fn version(fd: &OwnedFd) -> io::Result<Version> {

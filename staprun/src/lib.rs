@@ -5,6 +5,10 @@
 //! `process.rs` is the real process (the caller, the privileged window,
 //! the system calls of the hand-over); `main.rs` only sanitizes, calls it
 //! and prints.
+//!
+//! No `unsafe` anywhere in staprun: every system call is in
+//! `stap_common::sys`.
+#![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod creds;
@@ -22,6 +26,7 @@ pub use error::StaprunError;
 use std::io;
 use std::path::PathBuf;
 
+use stap_common::ids::{Gid, Pid, Uid};
 use stap_common::kernel::KernelOps;
 
 use crate::facts::GroupDb;
@@ -34,21 +39,21 @@ pub struct Context<'a> {
     /// `/lib/modules/$(uname -r)/systemtap` in the real program; tests
     /// give a temporary tree through this library API only.
     pub blessed_dir: PathBuf,
-    pub real_uid: u32,
-    pub real_gid: u32,
+    pub real_uid: Uid,
+    pub real_gid: Gid,
     pub class: Class,
     /// The file-system ids with which a caller-supplied module path is
     /// resolved: the caller's own for stapusr/stapsys members (so the
     /// lookup can reach nothing the caller could not), `None` (root's) for
     /// root and stapdev, who may load from anywhere.
-    pub lookup_ids: Option<(u32, u32)>,
+    pub lookup_ids: Option<(Uid, Gid)>,
     /// The privileged window (see [`Window`]).
     pub window: &'a dyn Window,
     /// Audit events that must be logged while the operation runs (the
     /// attempt before `init_module`); main writes them to syslog.
     pub audit: &'a dyn Fn(&audit::Event<'_>),
     /// Used to make `-R` names unique.
-    pub pid: u32,
+    pub pid: Pid,
     /// True once INT/TERM/HUP/QUIT arrived (checked around the load).
     pub interrupted: &'a dyn Fn() -> bool,
     /// Non-fatal warnings, printed by main.

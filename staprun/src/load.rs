@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use stap_common::cli::{Options, resolve_module};
 use stap_common::elf;
+use stap_common::ids::Uid;
 use stap_common::kernel::{Control, ModuleDir, module_error_text};
 use stap_common::modname::ModName;
 use stap_common::protocol::{Generation, Request, privilege};
@@ -465,7 +466,7 @@ fn setup(
     let owner = dir
         .control_owner()
         .map_err(after_load(name, "examining its control channel"))?;
-    if owner != ctx.real_uid {
+    if Uid::from_raw(owner) != ctx.real_uid {
         return Err(StaprunError::NotOurModule {
             module: name.to_string(),
             owner,

@@ -4,11 +4,12 @@
 //! calls the library; `main.rs` only sanitizes, calls [`run`] and prints.
 
 use std::cell::Cell;
-use std::ffi::OsString;
+use std::ffi::{CStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use stap_common::cli::{self, Options, Program};
+use stap_common::ids::{Gid, Uid};
 use stap_common::kernel::ModuleDir;
 use stap_common::kernel::linux::LinuxKernel;
 use stap_common::modname::ModName;
@@ -85,17 +86,17 @@ fn interrupted() -> bool {
 /// Resource limits that would let the kernel itself kill or stop us in
 /// the window (SIGXCPU/SIGKILL past the CPU limits): lifted for the window,
 /// put back after the privilege drop.
-const WINDOW_LIMITS: [libc::__rlimit_resource_t; 2] = [libc::RLIMIT_CPU, libc::RLIMIT_RTTIME];
+const WINDOW_LIMITS: [sys::Resource; 2] = [sys::Resource::Cpu, sys::Resource::Rttime];
 
 /// The real privileged window (see [`Window`]).
 pub struct RealWindow {
-    caller: u32,
+    caller: Uid,
     closed: Cell<bool>,
     limits: Cell<[Option<(u64, u64)>; 2]>,
 }
 
 impl RealWindow {
-    pub fn new(caller: u32) -> Self {
+    pub fn new(caller: Uid) -> Self {
         RealWindow {
             caller,
             closed: Cell::new(false),
@@ -117,7 +118,7 @@ impl RealWindow {
 
 impl Window for RealWindow {
     fn close(&self) -> io::Result<()> {
-        sys::set_real_uid(0)?;
+        sys::set_real_uid(Uid::ROOT)?;
         if !self.closed.replace(true) {
             let mut saved = [None; 2];
             for (i, res) in WINDOW_LIMITS.iter().enumerate() {
@@ -135,7 +136,7 @@ impl Window for RealWindow {
         let r = f();
         // Out of the caller's reach again before anything else; a process
         // that cannot do that must not go on.
-        if let Err(e) = sys::set_real_uid(0) {
+        if let Err(e) = sys::set_real_uid(Uid::ROOT) {
             // The one message not printed by main: there is no going on.
             eprintln!("staprun: ERROR: cannot make the real uid root again: {e}");
             std::process::abort();
@@ -155,7 +156,7 @@ pub struct Caller {
 impl Caller {
     pub fn current() -> Result<Caller, StaprunError> {
         let ids = sys::ids().map_err(StaprunError::Setup)?;
-        if ids.euid != 0 {
+        if !ids.euid.is_root() {
             let nnp = if sys::no_new_privs() {
                 " (no_new_privs is set, so the setuid bit is ignored)"
             } else {
@@ -182,7 +183,7 @@ impl Caller {
 
     /// File-system ids for resolving the caller's module path: the
     /// caller's own unless root or stapdev (who may load from anywhere).
-    fn lookup_ids(&self) -> Option<(u32, u32)> {
+    fn lookup_ids(&self) -> Option<(Uid, Gid)> {
         (!self.class.may_load_anything()).then_some((self.ids.ruid, self.ids.rgid))
     }
 }
@@ -207,15 +208,20 @@ fn context<'a>(
         lookup_ids: caller.lookup_ids(),
         window,
         audit,
-        pid: std::process::id(),
+        pid: sys::getpid(),
         interrupted: &interrupted,
         warn,
     }
 }
 
+/// The identity of staprun's syslog records.
+const SYSLOG_IDENT: &CStr = c"staprun";
+
 /// The audit sink of the real program: syslog, AUTHPRIV, ident staprun.
 fn syslog_sink(who: &str) -> impl Fn(&audit::Event<'_>) + '_ {
-    move |e: &audit::Event<'_>| sys::syslog_authpriv(e.priority(), &e.line(who))
+    move |e: &audit::Event<'_>| {
+        sys::syslog(SYSLOG_IDENT, libc::LOG_AUTHPRIV, e.priority(), &e.line(who))
+    }
 }
 
 /// staprun with argv (without argv\[0\]) and the captured environment;
@@ -360,9 +366,14 @@ fn hand_over(
     // (of stapio, and of staprun to undo the load). The limit is lifted
     // for the drop and put back at once: stapio then runs under it, and
     // its own failure to start can still undo the load.
-    let nproc = sys::get_rlimit(libc::RLIMIT_NPROC);
+    let nproc = sys::get_rlimit(sys::Resource::Nproc);
     let lifted = nproc.as_ref().is_ok_and(|_| {
-        sys::set_rlimit(libc::RLIMIT_NPROC, libc::RLIM_INFINITY, libc::RLIM_INFINITY).is_ok()
+        sys::set_rlimit(
+            sys::Resource::Nproc,
+            libc::RLIM_INFINITY,
+            libc::RLIM_INFINITY,
+        )
+        .is_ok()
     });
     if let Err(e) = sys::drop_privileges_for_good(caller.ids.ruid, caller.ids.rgid) {
         drop(dir);
@@ -370,7 +381,7 @@ fn hand_over(
     }
     let loaded_by_us = guard.disarm();
     if let (true, Ok((soft, hard))) = (lifted, nproc) {
-        let _ = sys::set_rlimit(libc::RLIMIT_NPROC, soft, hard);
+        let _ = sys::set_rlimit(sys::Resource::Nproc, soft, hard);
     }
     let _ = window.restore_limits();
     // stapio unblocks the terminating signals once its handlers are set;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use stap_common::ids::Uid;
 use stap_common::modname::ModName;
 
 use crate::Context;
@@ -77,7 +78,7 @@ fn unload_one(ctx: &Context<'_>, name: &ModName) -> Result<(), StaprunError> {
     let owner = dir
         .control_owner()
         .map_err(|e| refuse(&format!("its control channel cannot be examined ({e})")))?;
-    if ctx.real_uid != 0 && owner != ctx.real_uid {
+    if !ctx.real_uid.is_root() && Uid::from_raw(owner) != ctx.real_uid {
         return Err(refuse("its control channel belongs to another user"));
     }
     match dir.open_control() {

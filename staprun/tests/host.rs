@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use stap_common::cli::{self, Program};
 use stap_common::elf::{build_test_module, test_modinfo};
+use stap_common::ids::{Gid, Pid, Uid};
 use stap_common::kernel::KernelOps;
 use stap_common::kernel::sim::{Event, Faults, Script, SimKernel};
 use stap_common::protocol::{Generation, Request};
@@ -134,13 +135,13 @@ fn ctx(kernel: &SimKernel, blessed_dir: PathBuf, uid: u32, class: Class) -> Cont
         kernel,
         groups: &Groups,
         blessed_dir,
-        real_uid: uid,
-        real_gid: 0,
+        real_uid: Uid::from_raw(uid),
+        real_gid: Gid::ROOT,
         lookup_ids: None,
         window: &staprun::NoWindow,
         audit: &staprun::no_audit,
         class,
-        pid: 1,
+        pid: Pid::from_raw(1),
         interrupted: &no,
         warn: &ignore,
     }
@@ -176,7 +177,7 @@ impl Run {
         let warn = |m: &str| self.warnings.borrow_mut().push(m.to_string());
         let audit = |e: &audit::Event<'_>| self.audit.borrow_mut().push(e.line("who"));
         let ctx = Context {
-            pid: 4242,
+            pid: Pid::from_raw(4242),
             warn: &warn,
             audit: &audit,
             ..ctx(&self.kernel, tree.blessed(), uid, class)

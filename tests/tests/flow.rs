@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use stap_common::cli::{self, Program};
 use stap_common::elf::build_test_module;
+use stap_common::ids::{Gid, Pid, Uid};
 use stap_common::kernel::KernelOps;
 use stap_common::kernel::sim::{Event, Script, SimKernel};
 use stap_common::modname::ModName;
@@ -106,13 +107,13 @@ fn ctx<'a>(
         kernel: k,
         groups: &Groups,
         blessed_dir: t.0.join("lib/modules/K/systemtap"),
-        real_uid: uid,
-        real_gid: 0,
+        real_uid: Uid::from_raw(uid),
+        real_gid: Gid::ROOT,
         lookup_ids: None,
         window: &staprun::NoWindow,
         audit: &staprun::no_audit,
         class,
-        pid: 77,
+        pid: Pid::from_raw(77),
         interrupted: &no,
         warn,
     }
