@@ -163,6 +163,33 @@ impl SimKernel {
         }
     }
 
+    /// Wait until `done` has an answer for module `name` (`None`: not
+    /// loaded), or `timeout` passes (false).
+    fn wait_until(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(Option<&SimModule>) -> Option<bool>,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if let Some(answer) = done(s.modules.get(name)) {
+                return answer;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .inner
+                .1
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -614,26 +641,11 @@ impl Control for SimControl {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.k.lock();
-        loop {
-            match s.modules.get(&self.name) {
-                None => return Ok(true),
-                Some(m) if !m.to_user.is_empty() => return Ok(true),
-                Some(_) => {}
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            s = self
-                .k
-                .inner
-                .1
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        // Readable once the module has a message, or is gone (EOF).
+        Ok(self.k.wait_until(&self.name, timeout, |m| match m {
+            None => Some(true),
+            Some(m) => (!m.to_user.is_empty()).then_some(true),
+        }))
     }
 }
 
@@ -659,26 +671,12 @@ impl Relay for SimRelay {
     }
 
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.k.lock();
-        loop {
-            match s.modules.get(&self.name) {
-                None => return Ok(false),
-                Some(m) if !m.relay[self.cpu].is_empty() => return Ok(true),
-                Some(_) => {}
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(false);
-            }
-            s = self
-                .k
-                .inner
-                .1
-                .wait_timeout(s, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        // Readable once this CPU's buffer has data; a module that is gone
+        // never becomes readable.
+        Ok(self.k.wait_until(&self.name, timeout, |m| match m {
+            None => Some(false),
+            Some(m) => (!m.relay[self.cpu].is_empty()).then_some(true),
+        }))
     }
 }
 
