@@ -14,11 +14,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod registry;
+
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Console texts that mean the guest kernel is broken.
@@ -372,6 +373,40 @@ impl BootError {
     }
 }
 
+/// The QEMU process of one boot (duct): stdin /dev/null, stdout and stderr captured. Dropped
+/// while it still runs (an early return, a panic), it is killed and reaped, so no guest outlives
+/// its boot.
+struct Qemu(duct::Handle);
+
+impl Qemu {
+    fn start(args: Vec<OsString>) -> std::io::Result<Qemu> {
+        duct::cmd("qemu-system-x86_64", args)
+            .stdin_null()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .start()
+            .map(Qemu)
+    }
+
+    /// Waits for QEMU to exit; what it wrote on stderr.
+    fn stderr(&self) -> String {
+        self.0
+            .wait()
+            .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// One boot, no retry.
 pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError> {
     let logs = log_dir();
@@ -397,54 +432,58 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
     }
     append.extend(spec.append.iter().cloned());
 
-    let mut cmd = Command::new("qemu-system-x86_64");
-    if art.accel == "kvm" {
-        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    let (accel, cpu) = if art.accel == "kvm" {
+        ("kvm", "host")
     } else {
-        cmd.args(["-accel", "tcg", "-cpu", &art.cpu]);
-    }
-    cmd.args([
+        ("tcg", art.cpu.as_str())
+    };
+    let mut args: Vec<OsString> = [
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
         "-smp",
         &spec.smp.to_string(),
         "-m",
         &spec.mem_mib.to_string(),
-    ])
-    .args([
         "-nodefaults",
         "-no-reboot",
         "-display",
         "none",
         "-monitor",
         "none",
-    ])
-    .arg("-serial")
-    .arg(format!("file:{}", console_log.display()))
-    .arg("-serial")
-    .arg(format!("file:{}", results_log.display()))
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-    .arg("-kernel")
-    .arg(&art.kernel)
-    .arg("-initrd")
-    .arg(&art.initrd)
-    .arg("-append")
-    .arg(append.join(" "));
+        "-serial",
+        &format!("file:{}", console_log.display()),
+        "-serial",
+        &format!("file:{}", results_log.display()),
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]
+    .map(OsString::from)
+    .into();
+    args.extend([
+        "-kernel".into(),
+        art.kernel.clone().into(),
+        "-initrd".into(),
+        art.initrd.clone().into(),
+        "-append".into(),
+        append.join(" ").into(),
+    ]);
     if let Some(d) = &spec.disk {
-        cmd.arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", d.display()));
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=virtio,format=qcow2", d.display()).into(),
+        ]);
     }
     if let Some(d) = &spec.share {
-        cmd.arg("-drive").arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            d.display()
-        ));
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw,readonly=on", d.display()).into(),
+        ]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
 
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
+    let qemu = Qemu::start(args)
         .map_err(|e| BootError::Other(format!("cannot start qemu-system-x86_64: {e}")))?;
     let agent_started = || {
         fs::read(&results_log)
@@ -458,7 +497,7 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
             .unwrap_or_default()
     };
     let failure = loop {
-        match child.try_wait() {
+        match qemu.0.try_wait() {
             Ok(Some(_)) => break None,
             Ok(None) => {}
             Err(e) => break Some(format!("waiting for QEMU failed: {e}")),
@@ -486,13 +525,9 @@ pub fn boot_once(art: &Artifacts, spec: &BootSpec) -> Result<GuestRun, BootError
         std::thread::sleep(Duration::from_millis(50));
     };
     if failure.is_some() {
-        let _ = child.kill();
+        let _ = qemu.0.kill();
     }
-    let _ = child.wait();
-    let mut qemu_err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut qemu_err);
-    }
+    let qemu_err = qemu.stderr();
     let elapsed = start.elapsed();
     let console = read_console();
     let results = fs::read(&results_log)

@@ -12,6 +12,11 @@
 //!
 //! Under `cargo nextest` (one process per test) the first test of a group boots the
 //! whole group and leaves `target/vm-logs/compat-GROUP-RUNID.shared` for the others.
+//!
+//! The groups and their cases are those of `vm::registry::SCENARIOS` with suite `Compat`.
+//! Every test that ran is also written to `target/vm-logs/compat-results.json` (group,
+//! case, side, pass, the exit statuses of the side's commands, the problem): one file per
+//! run, which the tests of one nextest run share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -19,71 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-
-const RUN: &[&str] = &[
-    "hello_root",
-    "hello_alice",
-    "sigint_root",
-    "sigint_alice",
-    "sigterm_alice",
-    "sighup_alice",
-    "system_root",
-    "system_alice",
-    "target_c",
-    "target_c_fails",
-    "target_x",
-    "modargs",
-    "modopt_alice",
-    "global_opt_invalid",
-    "stream",
-    "warn_error",
-];
-const OPTIONS: &[&str] = &[
-    "cmdline09",
-    "cmdline10",
-    "cmdline11",
-    "cmdline12",
-    "cmdline13",
-    "cmdline14",
-    "cmdline16",
-    "cmdline17",
-    "cmdline18",
-    "cmdline19",
-    "cmdline20",
-    "cmdline21",
-    "helpout",
-];
-const LIFECYCLE: &[&str] = &[
-    "attach_detach",
-    "attach_detach_alice",
-    "pr13158",
-    "rename_module",
-    "pr10854",
-    "sigusr2",
-    "sigusr2_bulk",
-    "staprunwait",
-];
-const FLIGHTREC: &[&str] = &[
-    "flightrec1",
-    "flightrec2",
-    "flightrec3",
-    "flightrec4",
-    "flightrec5",
-];
-
-/// Scenario (one guest boot) -> its cases, as known to the guest agent. The
-/// compat5 groups run the same cases on SystemTap 5.1 modules against trixie's
-/// C tools (in a chroot of the guest, /c5).
-const GROUPS: &[(&str, &[&str])] = &[
-    ("compat_run", RUN),
-    ("compat_options", OPTIONS),
-    ("compat_lifecycle", LIFECYCLE),
-    ("compat_flightrec", FLIGHTREC),
-    ("compat5_run", RUN),
-    ("compat5_options", OPTIONS),
-    ("compat5_lifecycle", LIFECYCLE),
-    ("compat5_flightrec", FLIGHTREC),
-];
+use serde::{Deserialize, Serialize};
+use vm::registry::{self, Suite};
 
 const COMPAT_ENV: &str = "compat.env";
 
@@ -187,8 +129,9 @@ impl Plan {
             .map(|s| s.name())
             .collect();
         let result = artifacts().and_then(|art| {
-            let mut spec = vm::BootSpec::new(group);
-            spec.timeout = spec.timeout.max(Duration::from_secs(900));
+            let mut spec = registry::find(group)
+                .ok_or_else(|| format!("{group}: not in vm::registry"))?
+                .spec();
             spec.append.push(format!("vmtest.impl={}", impls.join(",")));
             spec.append.push(format!(
                 "vmtest.cases={}",
@@ -219,10 +162,8 @@ impl Plan {
 }
 
 fn all_cases(group: &str) -> BTreeSet<&'static str> {
-    GROUPS
-        .iter()
-        .find(|(g, _)| *g == group)
-        .map(|(_, cases)| cases.iter().copied().collect())
+    registry::find(group)
+        .map(|s| s.cases.iter().copied().collect())
         .unwrap_or_default()
 }
 
@@ -359,10 +300,10 @@ fn main() {
     }
     let impls = under_test();
     let mut names = Vec::new();
-    for (group, cases) in GROUPS {
-        for case in *cases {
+    for group in registry::tests(Suite::Compat) {
+        for case in group.cases {
             for side in &impls {
-                names.push((*group, *case, *side));
+                names.push((group.name, *case, *side));
             }
         }
     }
@@ -379,15 +320,166 @@ fn main() {
         impls,
         boots: Mutex::new(BTreeMap::new()),
     });
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
     let trials = names
         .into_iter()
         .map(|(group, case, side)| {
             let plan = Arc::clone(&plan);
+            let outcomes = Arc::clone(&outcomes);
             Trial::test(format!("{group}::{case}::{}", side.name()), move || {
                 let boot = plan.boot(group);
-                judge(&boot, group, case, side)
+                let result = judge(&boot, group, case, side);
+                let outcome = Outcome::of(&boot, group, case, side, &result);
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(outcome);
+                result
             })
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+    if !outcomes.is_empty() {
+        match write_results(outcomes) {
+            Ok(path) => eprintln!("[compat] results: {}", path.display()),
+            Err(e) => eprintln!("[compat] cannot write the results file: {e}"),
+        }
+    }
+    conclusion.exit();
+}
+
+// ---- target/vm-logs/compat-results.json --------------------------------------
+
+/// What one test (a case under one side) came to.
+#[derive(Debug, Serialize, Deserialize)]
+struct Outcome {
+    group: String,
+    case: String,
+    /// `ours`, `theirs` or `same`.
+    side: String,
+    pass: bool,
+    /// The exit status of every command the case ran on this side, in order, as the
+    /// transcript gives it (`0`, `1`, `signal 9`, `timed out (killed)`); empty for `same`.
+    exits: Vec<String>,
+    /// Why it failed: the first line of the failure.
+    problem: Option<String>,
+}
+
+/// The results file: the outcomes of one run (one process, or one nextest run).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Results {
+    run: String,
+    cases: Vec<Outcome>,
+}
+
+impl Outcome {
+    fn of(boot: &Boot, group: &str, case: &str, side: Side, result: &Result<(), Failed>) -> Self {
+        let tag = format!("[{case} {}] [exit ", side.name());
+        let exits = match (boot.as_ref(), side) {
+            (Ok(run), Side::Ours | Side::Theirs) => run
+                .events()
+                .filter_map(|e| e.strip_prefix("LOG "))
+                .filter_map(|l| l.strip_prefix(&tag))
+                .map(|x| {
+                    x.trim_end_matches(']')
+                        .trim_end_matches(", timed out")
+                        .to_owned()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Outcome {
+            group: group.to_owned(),
+            case: case.to_owned(),
+            side: side.name().to_owned(),
+            pass: result.is_ok(),
+            exits,
+            problem: result.as_ref().err().map(|f| {
+                f.message()
+                    .and_then(|m| m.lines().next())
+                    .unwrap_or("failed")
+                    .to_owned()
+            }),
+        }
+    }
+
+    /// Where it sorts: registry order of group and case, then the side.
+    fn key(&self) -> (usize, usize, usize) {
+        let groups: Vec<&registry::Scenario> = registry::tests(Suite::Compat).collect();
+        let g = groups.iter().position(|s| s.name == self.group);
+        let c = g.and_then(|g| groups[g].cases.iter().position(|c| *c == self.case));
+        let side = ["ours", "theirs", "same"]
+            .iter()
+            .position(|s| *s == self.side);
+        (
+            g.unwrap_or(usize::MAX),
+            c.unwrap_or(usize::MAX),
+            side.unwrap_or(usize::MAX),
+        )
+    }
+}
+
+/// Writes `outcomes` to target/vm-logs/compat-results.json. Under nextest (one process per
+/// test) the file collects the outcomes of every process of the same run: it is merged
+/// under a lock file, and replaced when it is of another run.
+fn write_results(outcomes: Vec<Outcome>) -> Result<std::path::PathBuf, String> {
+    let dir = vm::log_dir();
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("compat-results.json");
+    let run = std::env::var("NEXTEST_RUN_ID").ok();
+    let _lock = run
+        .as_ref()
+        .map(|_| Lock::take(&dir.join("compat-results.json.lock")));
+    let mut results = match &run {
+        Some(id) => fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Results>(&b).ok())
+            .filter(|r| r.run == *id)
+            .unwrap_or_default(),
+        None => Results::default(),
+    };
+    results.run = run.unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    for o in outcomes {
+        results
+            .cases
+            .retain(|x| (&x.group, &x.case, &x.side) != (&o.group, &o.case, &o.side));
+        results.cases.push(o);
+    }
+    results.cases.sort_by_key(Outcome::key);
+    let json = serde_json::to_vec_pretty(&results).map_err(|e| e.to_string())?;
+    let tmp = dir.join(format!("compat-results.json.{}", std::process::id()));
+    fs::write(&tmp, json).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// A lock file, created exclusively and removed on drop; after 30 s of waiting the lock is
+/// taken as stale and the writer goes on.
+struct Lock(Option<std::path::PathBuf>);
+
+impl Lock {
+    fn take(path: &std::path::Path) -> Lock {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            if fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .is_ok()
+            {
+                return Lock(Some(path.to_path_buf()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Lock(None)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
 }

@@ -1,23 +1,15 @@
-//! The Debian guest stage: one test per scenario of vm/src/bin/vm-agent/debian.rs, each booting
-//! the Debian bookworm image (`cargo xtask debian-test` builds it, see xtask/src/debian.rs)
-//! from a fresh copy-on-write disk, with systemd as PID 1. A scenario listed with a second one
-//! boots twice on the same disk (a reboot). A missing image is a failure, never a skip.
+//! The Debian guest stage: one test per scenario of `vm::registry` with suite `Debian` (guest
+//! side: vm/src/bin/vm-agent/debian.rs), each booting the Debian bookworm image (`cargo xtask
+//! debian-test` builds it, see xtask/src/debian.rs) from a fresh copy-on-write disk, with
+//! systemd as PID 1. A scenario with a `then` boots twice on the same disk (a reboot), the
+//! second time as that scenario. A missing image is a failure, never a skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-
-/// Scenario names, as known to the guest agent; the second of a pair runs on the disk the
-/// first left (after a reboot).
-const SCENARIOS: &[(&str, Option<&str>)] = &[
-    ("debian_install", None),
-    ("debian_stap", None),
-    ("debian_stap_options", None),
-    ("debian_service", None),
-    ("debian_service_enable", Some("debian_service_after_reboot")),
-];
+use vm::registry::{self, Scenario, Suite};
 
 struct Env {
     art: vm::Artifacts,
@@ -84,13 +76,11 @@ fn overlay(image: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(disk)
 }
 
-fn boot(env: &Env, name: &str, disk: &Path) -> Result<vm::GuestRun, String> {
-    let mut spec = vm::BootSpec::new(name);
+fn boot(env: &Env, scenario: &Scenario, disk: &Path) -> Result<vm::GuestRun, String> {
+    let name = scenario.name;
+    let mut spec = scenario.spec();
     spec.disk = Some(disk.to_path_buf());
     spec.share = Some(env.share.clone());
-    spec.mem_mib = 1536;
-    spec.agent_start_limit = Duration::from_secs(300);
-    spec.timeout = spec.timeout.max(Duration::from_secs(1200));
     let run = vm::boot(&env.art, &spec)?;
     println!("--- {name}: guest transcript ---");
     for e in run.events() {
@@ -104,19 +94,25 @@ fn boot(env: &Env, name: &str, disk: &Path) -> Result<vm::GuestRun, String> {
     Ok(run)
 }
 
-fn run(first: &'static str, then: Option<&'static str>) -> Result<(), Failed> {
+fn run(first: &'static Scenario) -> Result<(), Failed> {
     let t0 = Instant::now();
     let env = env()?;
-    let disk = overlay(&env.image, first)?;
+    let disk = overlay(&env.image, first.name)?;
     let result = (|| {
         boot(&env, first, &disk)?.assert_passed()?;
-        if let Some(second) = then {
+        if let Some(then) = first.boot.then {
+            let second =
+                registry::find(then).ok_or_else(|| format!("{then}: not in vm::registry"))?;
             boot(&env, second, &disk)?.assert_passed()?;
         }
         Ok::<(), String>(())
     })();
     let _ = std::fs::remove_file(&disk);
-    eprintln!("[debian] {first}: wall {:.1}s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "[debian] {}: wall {:.1}s",
+        first.name,
+        t0.elapsed().as_secs_f64()
+    );
     result.map_err(Failed::from)
 }
 
@@ -125,9 +121,8 @@ fn main() {
     if args.test_threads.is_none() {
         args.test_threads = Some(1);
     }
-    let trials = SCENARIOS
-        .iter()
-        .map(|&(first, then)| Trial::test(first, move || run(first, then)))
+    let trials = registry::tests(Suite::Debian)
+        .map(|s| Trial::test(s.name, move || run(s)))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

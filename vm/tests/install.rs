@@ -1,6 +1,6 @@
-//! The package and the install in a guest: one test per scenario of
-//! vm/src/bin/vm-agent/install.rs, each booting the install image
-//! (`target/vm-cache/initramfs-install-<kver>.cpio`).
+//! The package and the install in a guest: one test per scenario of `vm::registry` with
+//! suite `Install` (guest side: vm/src/bin/vm-agent/install.rs), each booting the install
+//! image (`target/vm-cache/initramfs-install-<kver>.cpio`).
 //!
 //! `cargo xtask vm-install-test` builds the .deb, the /usr/local install and that image, then
 //! runs this. A missing image is a failure, never a skip.
@@ -8,11 +8,11 @@
 use std::time::Instant;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use vm::registry::{self, Scenario, Suite};
 
-const SCENARIOS: &[&str] = &["install_deb", "install_prefix"];
-
-fn run(name: &'static str) -> Result<(), Failed> {
+fn run(scenario: &'static Scenario) -> Result<(), Failed> {
     let t0 = Instant::now();
+    let name = scenario.name;
     let mut art = vm::Artifacts::load()?;
     let image = vm::cache_dir().join(format!("initramfs-install-{}.cpio", art.kver));
     if !image.is_file() {
@@ -23,7 +23,7 @@ fn run(name: &'static str) -> Result<(), Failed> {
         .into());
     }
     art.initrd = image;
-    let run = vm::boot(&art, &vm::BootSpec::new(name))?;
+    let run = vm::boot(&art, &scenario.spec())?;
     // The transcript is the point of these tests (shown with --nocapture).
     println!("--- {name}: guest transcript ---");
     for e in run.events() {
@@ -44,9 +44,8 @@ fn main() {
     if args.test_threads.is_none() {
         args.test_threads = Some(1);
     }
-    let trials = SCENARIOS
-        .iter()
-        .map(|&name| Trial::test(name, move || run(name)))
+    let trials = registry::tests(Suite::Install)
+        .map(|s| Trial::test(s.name, move || run(s)))
         .collect();
     libtest_mimic::run(&args, trials).exit();
 }

@@ -3,33 +3,11 @@
 //! `cargo test -p vm --test vm` or `cargo nextest run -p vm`; prepare first with
 //! `cargo xtask vm-prepare` (or run everything with `cargo xtask vm-test`).
 //! A missing kernel, initramfs or QEMU is a failure, never a skip.
+//!
+//! The scenarios are those of `vm::registry::SCENARIOS` with suite `Vm` (`boot`, the KVM
+//! probe, and `demo`, `cargo xtask demo`, are not tests of their own).
 
 mod common;
-
-/// Scenario names, as known to the guest agent (`vm/src/bin/vm-agent/scenarios.rs`).
-/// `boot` (KVM probe) and `demo` (`cargo xtask demo`) are not tests of their own.
-const SCENARIOS: &[&str] = &[
-    "infra_boot",
-    "alice_runs_pmod",
-    "alice_runs_pmod5",
-    "permission_table",
-    "unload_refusals",
-    "detach_attach",
-    "signals",
-    "second_load_exists",
-    "stapio_sigkill_cleanup",
-    "privilege_drop",
-    "env_attacks",
-    "relay_ordering",
-    "output_options",
-    "target_options",
-    "rename_concurrent",
-    "bulk_mode",
-    "overrun",
-    "system_and_oob",
-    "init_failure",
-    "product_vermagic_mismatch",
-];
 
 /// The harness boots a guest once more when it died before its agent
 /// started (QEMU TCG's rare early-boot hangs), and says so when the second
@@ -56,7 +34,7 @@ fn infra_early_death_is_retried() -> Result<(), libtest_mimic::Failed> {
 fn main() {
     common::main(
         "vm",
-        SCENARIOS,
+        vm::registry::Suite::Vm,
         vec![libtest_mimic::Trial::test(
             "infra_early_death_is_retried",
             infra_early_death_is_retried,

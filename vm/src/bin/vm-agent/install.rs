@@ -15,24 +15,20 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::scenarios::{Scenario, blessed_dir, install_fixture, rmmod};
-use crate::util::{self, ALICE, BOB, Out, ROOT, Reporter, STAPDEV, STAPUSR, run, run_as};
+use crate::harness::{
+    self, ALICE, BOB, END, HELLO, Out, ROOT, Reporter, STAPDEV, STAPUSR, Scenario, blessed_dir,
+    install_fixture, rmmod, run, run_as, sha256_file,
+};
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("install_deb", install_deb),
     ("install_prefix", install_prefix),
 ];
 
-pub fn find(name: &str) -> Option<Scenario> {
-    SCENARIOS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
-}
-
 const DEB: &str = "/dist/staprun-rs.deb";
 const CALLS: &str = "/tmp/stub-calls.log";
 const MESSAGES: &str = "/tmp/messages";
 const CONTROL: &str = "/tmp/DEBIAN";
-const HELLO: &str = "pmod: hello from begin";
-const END: &str = "pmod: end";
 const STUB_PATH: &str = "/dist/stubs:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn log_out(r: &mut Reporter, prompt: &str, out: &Out) {
@@ -54,7 +50,7 @@ fn root(argv: &[&str]) -> Out {
 fn maintainer_script(r: &mut Reporter, script: &str, arg: &str) -> Out {
     let path = format!("{CONTROL}/{script}");
     let out = run(
-        util::command_as(&ROOT, &["/bin/sh", &path, arg], &[("PATH", STUB_PATH)]),
+        harness::command_as(&ROOT, &["/bin/sh", &path, arg], &[("PATH", STUB_PATH)]),
         Duration::from_secs(30),
     );
     log_out(r, &format!("# {script} {arg}"), &out);
@@ -62,7 +58,7 @@ fn maintainer_script(r: &mut Reporter, script: &str, arg: &str) -> Out {
 }
 
 /// busybox syslogd writing to MESSAGES; killed on drop.
-struct Syslogd(Option<util::Running>);
+struct Syslogd(Option<harness::Running>);
 
 impl Drop for Syslogd {
     fn drop(&mut self) {
@@ -78,9 +74,9 @@ fn start_syslogd(r: &mut Reporter) -> Syslogd {
     let _ = fs::remove_file(MESSAGES);
     let mut cmd = std::process::Command::new("/bin/busybox");
     cmd.args(["syslogd", "-n", "-O", MESSAGES]);
-    let s = util::spawn(cmd).ok();
-    let up =
-        s.is_some() && util::wait_until(Duration::from_secs(5), || Path::new("/dev/log").exists());
+    let s = harness::spawn(cmd).ok();
+    let up = s.is_some()
+        && harness::wait_until(Duration::from_secs(5), || Path::new("/dev/log").exists());
     r.check(
         "syslogd_listening_on_dev_log",
         up,
@@ -99,19 +95,10 @@ fn staprun_log(want: &str) -> Vec<String> {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    util::wait_until(Duration::from_secs(5), || {
+    harness::wait_until(Duration::from_secs(5), || {
         read().iter().any(|l| l.contains(want))
     });
     read()
-}
-
-fn sha256sum(path: &Path) -> String {
-    let out = root(&["/bin/busybox", "sha256sum", &path.display().to_string()]);
-    out.stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// LOAD, DENY and UNLOAD lines for alice's runs of `module` from `dir`.
@@ -121,7 +108,7 @@ fn check_audit(r: &mut Reporter, tag: &str, module_path: &Path, denied_path: Opt
     for l in &lines {
         r.log(&format!("  {l}"));
     }
-    let sha = sha256sum(module_path);
+    let sha = sha256_file(module_path);
     let load = format!(
         "LOAD user=\"alice\" uid=1001 class=\"stapusr\" module=pmod path=\"{}\" sha256={sha} rule=\"BlessedModule\"",
         module_path.display()
@@ -156,8 +143,8 @@ fn check_audit(r: &mut Reporter, tag: &str, module_path: &Path, denied_path: Opt
 
 /// alice runs `staprun pmod` to its end; the module must be gone after.
 fn alice_runs(r: &mut Reporter, tag: &str, staprun: &str) {
-    let out = util::run(
-        util::command_as(&ALICE, &[staprun, "pmod"], &[]),
+    let out = harness::run(
+        harness::command_as(&ALICE, &[staprun, "pmod"], &[]),
         Duration::from_secs(60),
     );
     log_out(r, &format!("alice$ {staprun} pmod"), &out);
@@ -165,10 +152,10 @@ fn alice_runs(r: &mut Reporter, tag: &str, staprun: &str) {
     r.check(&format!("{tag}_alice_runs_pmod"), ok, out.summary());
     r.check(
         &format!("{tag}_pmod_unloaded"),
-        !util::is_loaded("pmod"),
+        !harness::is_loaded("pmod"),
         "pmod not in /proc/modules after the run",
     );
-    if util::is_loaded("pmod") {
+    if harness::is_loaded("pmod") {
         let _ = rmmod("pmod");
     }
 }
@@ -242,7 +229,7 @@ pub fn install_deb(r: &mut Reporter) {
     r.check("deb_control_extracted", e.code == Some(0), e.summary());
     r.check_eq(
         "unpacked_staprun_0755_root_root",
-        util::stat("/usr/bin/staprun"),
+        harness::stat("/usr/bin/staprun"),
         Some((0o755, 0, 0)),
     );
     r.check(
@@ -285,17 +272,17 @@ pub fn install_deb(r: &mut Reporter) {
     );
     r.check_eq(
         "staprun_04110_root_stapusr",
-        util::stat("/usr/bin/staprun"),
+        harness::stat("/usr/bin/staprun"),
         Some((0o4110, 0, STAPUSR)),
     );
     r.check_eq(
         "stapio_0755_root_root",
-        util::stat("/usr/libexec/staprun/stapio"),
+        harness::stat("/usr/libexec/staprun/stapio"),
         Some((0o755, 0, 0)),
     );
     r.check_eq(
         "postinst_blessed_dir_755_root_root",
-        util::stat(blessed_dir()),
+        harness::stat(blessed_dir()),
         Some((0o755, 0, 0)),
     );
 
@@ -385,12 +372,12 @@ pub fn install_prefix(r: &mut Reporter) {
     let stapio = "/usr/local/libexec/staprun/stapio";
     r.check_eq(
         "installed_staprun_04110_root_stapusr",
-        util::stat(staprun),
+        harness::stat(staprun),
         Some((0o4110, 0, STAPUSR)),
     );
     r.check_eq(
         "installed_stapio_0755_root_root",
-        util::stat(stapio),
+        harness::stat(stapio),
         Some((0o755, 0, 0)),
     );
     for p in [
@@ -412,7 +399,7 @@ pub fn install_prefix(r: &mut Reporter) {
         && root(&["/bin/chmod", "775", &d.display().to_string()]).code == Some(0);
     r.check_eq(
         "blessed_dir_775_root_stapdev",
-        (layout, util::stat(&d)),
+        (layout, harness::stat(&d)),
         (true, Some((0o775, 0, STAPDEV))),
     );
     let ko = d.join("pmod.ko");
@@ -423,7 +410,7 @@ pub fn install_prefix(r: &mut Reporter) {
     );
     r.check(
         "bob_publishes_pmod",
-        cp.code == Some(0) && util::stat(&ko).is_some_and(|s| s.1 == BOB.uid),
+        cp.code == Some(0) && harness::stat(&ko).is_some_and(|s| s.1 == BOB.uid),
         cp.summary(),
     );
     let syslogd = start_syslogd(r);
@@ -433,7 +420,7 @@ pub fn install_prefix(r: &mut Reporter) {
     for l in &lines {
         r.log(&format!("  {l}"));
     }
-    let sha = sha256sum(&ko);
+    let sha = sha256_file(&ko);
     r.check(
         "prefix_audit_load_line",
         lines.iter().any(|l| {

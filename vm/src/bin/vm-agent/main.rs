@@ -4,26 +4,26 @@
 //! `vmtest.scenario=NAME` on the kernel command line, reports on /dev/ttyS1
 //! (see the `vm` crate docs for the line format), checks that no fixture
 //! module is left loaded, and powers off.
+//!
+//! Layout: [`harness`] (what every scenario uses; `harness::sys` holds the only `unsafe`),
+//! [`dispatch`] (scenario name -> function, checked against `vm::registry`), and one
+//! module per group of scenarios.
+#![deny(unsafe_code)]
 
 mod attacks;
-mod attacks_r2;
 mod bench;
 mod compat;
 mod debian;
+mod dispatch;
+mod harness;
+mod infra;
 mod install;
 mod product;
-mod proto;
-mod scenarios;
-mod sys;
-mod util;
 mod vermagic;
 
 use std::time::Instant;
 
-use util::Reporter;
-
-/// Fixture modules shipped in /fixtures; none may stay loaded after a scenario.
-pub const FIXTURE_MODULES: &[&str] = &["pmod", "pmod5", "fixture_a", "fixture_b", "plainmod"];
+use harness::{Reporter, sys};
 
 fn setup() -> Vec<String> {
     let mut problems = Vec::new();
@@ -42,14 +42,6 @@ fn setup() -> Vec<String> {
         }
     }
     problems
-}
-
-pub(crate) fn scenario_name() -> String {
-    std::fs::read_to_string("/proc/cmdline")
-        .unwrap_or_default()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("vmtest.scenario=").map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn main() {
@@ -74,7 +66,7 @@ fn main() {
     let t0 = Instant::now();
     let problems = setup();
     let mut r = Reporter::open();
-    let name = scenario_name();
+    let name = dispatch::scenario_name();
     r.line(&format!("BEGIN {name}"));
     for p in &problems {
         r.check("setup", false, p);
@@ -82,20 +74,16 @@ fn main() {
     r.log(&format!(
         "kernel {} cpus {}",
         sys::kernel_release(),
-        num_cpus()
+        harness::num_cpus()
     ));
-    // The install scenarios run only in the image of `cargo xtask vm-install-test`.
-    match scenarios::find(&name).or_else(|| install::find(&name)) {
+    match dispatch::find(&name) {
         Some(f) => {
-            if let Err(e) = scenarios::prepare_blessed_dir() {
+            if let Err(e) = harness::prepare_blessed_dir() {
                 r.check("setup_blessed_dir", false, e);
             }
             f(&mut r);
             // Nothing may be left behind, whatever the scenario did.
-            let left: Vec<String> = util::loaded_modules()
-                .into_iter()
-                .filter(|m| FIXTURE_MODULES.contains(&m.as_str()))
-                .collect();
+            let left = harness::fixtures_loaded();
             r.check(
                 "no_module_left_loaded",
                 left.is_empty(),
@@ -106,7 +94,7 @@ fn main() {
             r.check(
                 "scenario_exists",
                 false,
-                format!("unknown scenario {name:?}; known: {:?}", scenarios::names()),
+                format!("unknown scenario {name:?}; known: {:?}", dispatch::names()),
             );
         }
     }
@@ -115,10 +103,4 @@ fn main() {
     r.line(&format!("END {}", if pass { "PASS" } else { "FAIL" }));
     let e = sys::power_off();
     eprintln!("vm-agent: power off failed: {e}");
-}
-
-pub fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

@@ -9,12 +9,11 @@
 use std::fs;
 use std::path::Path;
 
-use crate::attacks::{
-    check_nothing_loaded, fixture, full_run, installed, log_out, publish, put, refused, sr,
+use crate::attacks::{check_nothing_loaded, full_run, log_out, refused, sr};
+use crate::harness::{
+    ALICE, BOB, Out, ROOT, Reporter, Scenario, User, blessed_dir, fixture, product_installed,
+    publish, put, sys,
 };
-use crate::scenarios::{Scenario, blessed_dir};
-use crate::sys;
-use crate::util::{ALICE, BOB, Out, ROOT, Reporter, User};
 
 pub const SCENARIOS: &[(&str, Scenario)] = &[("product_vermagic_mismatch", vermagic_mismatch)];
 
@@ -87,7 +86,7 @@ fn refused_for(r: &mut Reporter, tag: &str, user: &User, args: &[&str], rel: &st
 }
 
 fn vermagic_mismatch(r: &mut Reporter) {
-    if !installed(r) {
+    if !product_installed(r) {
         return;
     }
     let rel = sys::kernel_release();

@@ -1,0 +1,77 @@
+//! `cargo xtask test`: every stage (what `.ci/run` calls), so one report shows everything.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::cmd;
+use crate::error::{Result, bail};
+use crate::pkg::{deb, debtest, dist, install};
+use crate::vm::{self, compat, debian, install_test, run};
+
+/// Runs every stage (so one report shows everything), failing if any failed.
+pub fn test_all(opts: &vm::Options) -> Result<()> {
+    let t0 = Instant::now();
+    let mut failed = Vec::new();
+    let mut stage = |name: &str, f: &mut dyn FnMut() -> Result<()>| {
+        let t = Instant::now();
+        eprintln!("xtask: === {name} ===");
+        let r = f();
+        eprintln!(
+            "xtask: === {name}: {} ({:.1}s) ===",
+            if r.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(e) = r {
+            eprintln!("xtask: {name}: {e}");
+            failed.push(name.to_owned());
+        }
+    };
+    let cargo = |args: &[&str]| -> Result<()> {
+        let sh = cmd::workspace_shell()?;
+        cmd::run(cmd::cargo(&sh).args(args))
+    };
+    stage("rustfmt", &mut || cargo(&["fmt", "--all", "--", "--check"]));
+    stage("clippy", &mut || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    });
+    stage("host tests", &mut || {
+        cargo(&["test", "--workspace", "--exclude", "vm"])
+    });
+    stage("benchmark (figures only)", &mut || {
+        cargo(&["bench", "-p", "stapio", "--bench", "pipeline"])
+    });
+    stage("fuzz smoke", &mut || crate::dev::fuzz::run(20));
+    stage("dist + deb + install (host)", &mut || {
+        dist::dist(&dist::Paths::for_prefix(Path::new("/usr")))?;
+        deb::deb()?;
+        install::check_destdir_install()
+    });
+    stage("deb coexistence (chroot)", &mut debtest::deb_test);
+    stage("vm suite", &mut || run::vm_test(opts, false, &[]));
+    stage("vm install", &mut || {
+        install_test::vm_install_test(opts, true, &[])
+    });
+    stage("compat (real SystemTap modules, ours vs C)", &mut || {
+        let copts = compat::Options {
+            vm: opts.clone(),
+            no_stap5: false,
+        };
+        run::compat_test(&copts, &[])
+    });
+    stage(
+        "debian guest (systemd, stap, staprun@.service)",
+        &mut || debian::debian_test(opts, &[]),
+    );
+    eprintln!("xtask: test wall time {:.1}s", t0.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("failed stages: {}", failed.join(", "));
+    }
+    Ok(())
+}
