@@ -25,29 +25,21 @@ pub enum ElfError {
     BadVermagic,
 }
 
+/// `N` bytes at `at`, or `Truncated`.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N], ElfError> {
+    at.checked_add(N)
+        .and_then(|end| b.get(at..end))
+        .and_then(|s| s.try_into().ok())
+        .ok_or(ElfError::Truncated)
+}
 fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {
-    Ok(u16::from_le_bytes(
-        b.get(at..at + 2)
-            .ok_or(ElfError::Truncated)?
-            .try_into()
-            .map_err(|_| ElfError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u16::from_le_bytes)
 }
 fn u32_at(b: &[u8], at: usize) -> Result<u32, ElfError> {
-    Ok(u32::from_le_bytes(
-        b.get(at..at + 4)
-            .ok_or(ElfError::Truncated)?
-            .try_into()
-            .map_err(|_| ElfError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u32::from_le_bytes)
 }
 fn u64_at(b: &[u8], at: usize) -> Result<u64, ElfError> {
-    Ok(u64::from_le_bytes(
-        b.get(at..at + 8)
-            .ok_or(ElfError::Truncated)?
-            .try_into()
-            .map_err(|_| ElfError::Truncated)?,
-    ))
+    bytes_at(b, at).map(u64::from_le_bytes)
 }
 fn usize_of(v: u64) -> Result<usize, ElfError> {
     usize::try_from(v).map_err(|_| ElfError::Truncated)

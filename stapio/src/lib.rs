@@ -12,6 +12,7 @@ pub mod relay;
 pub mod session;
 pub mod signals;
 pub mod target;
+pub mod unloader;
 
 pub use error::Error;
 pub use session::{Config, Outcome, Session, Streams, Unloader};

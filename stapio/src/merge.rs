@@ -312,18 +312,11 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// At the end: everything held, in order, gaps counted as lost.
     pub fn finish<E>(&mut self, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
         while let Some((seq, _, from)) = self.min() {
-            match self.expected {
-                Some(e) if seq < e => {
-                    self.take(from, None)?;
-                    self.stats.late += 1;
-                    continue;
-                }
-                Some(e) => self.stats.lost += seq - e,
-                None => {}
+            if settle(&mut self.stats, &mut self.expected, seq) {
+                self.take(from, Some(&mut *emit))?;
+            } else {
+                self.take(from, None)?;
             }
-            self.expected = Some(seq + 1);
-            self.stats.delivered += 1;
-            self.take(from, Some(&mut *emit))?;
         }
         Ok(())
     }
@@ -338,6 +331,23 @@ impl<C: ChunkData> ChunkMerge<C> {
                 .map(|q| q.seqs[q.pos..].iter().filter(|s| **s != SKIP).count())
                 .sum::<usize>()
     }
+}
+
+/// At the end, with no gap timeout left to wait: record `seq` is
+/// delivered (true) unless its turn has passed (late); the sequence numbers
+/// skipped before it are lost.
+fn settle(stats: &mut MergeStats, expected: &mut Option<u64>, seq: u64) -> bool {
+    match *expected {
+        Some(e) if seq < e => {
+            stats.late += 1;
+            return false;
+        }
+        Some(e) => stats.lost += seq - e,
+        None => {}
+    }
+    *expected = Some(seq + 1);
+    stats.delivered += 1;
+    true
 }
 
 #[cfg(test)]
@@ -473,17 +483,9 @@ mod tests {
 
         fn finish(&mut self, out: &mut Vec<T>) {
             while let Some(Reverse((seq, _, item))) = self.heap.pop() {
-                match self.expected {
-                    Some(e) if seq < e => {
-                        self.stats.late += 1;
-                        continue;
-                    }
-                    Some(e) => self.stats.lost += seq - e,
-                    None => {}
+                if settle(&mut self.stats, &mut self.expected, seq) {
+                    out.push(item);
                 }
-                self.expected = Some(seq + 1);
-                self.stats.delivered += 1;
-                out.push(item);
             }
         }
     }

@@ -9,6 +9,7 @@ use stap_common::cli::Rotation;
 use stap_common::kernel::KernelOps;
 use stap_common::kernel::sim::{Event, Faults, Script};
 use stap_common::protocol::{Generation, Notice, Request};
+use stapio::Config;
 use stapio::framing::Parser;
 use stapio::signals::Signals;
 use stapio::{Error, Outcome};
@@ -52,23 +53,12 @@ fn full_run(g: Generation, ncpus: usize) {
 }
 
 #[test]
-fn serial_v4_one_cpu_every_record_once_in_order() {
-    full_run(Generation::V4, 1);
-}
-
-#[test]
-fn serial_v4_two_cpus_every_record_once_in_order() {
-    full_run(Generation::V4, 2);
-}
-
-#[test]
-fn serial_v5_one_cpu_every_record_once_in_order() {
-    full_run(Generation::V5, 1);
-}
-
-#[test]
-fn serial_v5_two_cpus_every_record_once_in_order() {
-    full_run(Generation::V5, 2);
+fn serial_every_record_once_in_order_both_generations_one_and_two_cpus() {
+    for g in [Generation::V4, Generation::V5] {
+        for ncpus in [1, 2] {
+            full_run(g, ncpus);
+        }
+    }
 }
 
 #[test]
@@ -172,12 +162,7 @@ fn attach_reads_the_buffered_output_sends_no_start_and_exits_on_signal() {
         signals.interrupt(); // SIGTERM
         h.join().unwrap()
     });
-    assert_eq!(
-        result.unwrap(),
-        Outcome::Finished { failed: false },
-        "{}",
-        err.text()
-    );
+    finished_cleanly(result, &err);
     assert_eq!(out.text(), expected(2));
     let reqs = k.requests(MODULE);
     assert_eq!(
@@ -399,12 +384,7 @@ fn output_file_and_dev_null() {
     assert_eq!(ran.out.text(), "");
 
     let k = loaded(2, script(Generation::V5));
-    let mut cfg = config();
-    cfg.naming.pattern = Some("/dev/null".into());
-    cfg.naming.rotation = Some(Rotation {
-        bytes: 1000,
-        keep: 2,
-    });
+    let cfg = to_files("/dev/null", 1000, 2);
     let ran = run(&k, cfg);
     assert_eq!(ran.outcome(), Outcome::Finished { failed: false });
     assert_eq!(ran.out.text(), "");
@@ -442,12 +422,7 @@ fn serial_size_rotation_numbers_files_and_keeps_n() {
     let d = tempdir("serial-rot");
     let f = d.join("out");
     let k = loaded(2, script(Generation::V4));
-    let mut cfg = config();
-    cfg.naming.pattern = Some(f.display().to_string());
-    cfg.naming.rotation = Some(Rotation {
-        bytes: 1024,
-        keep: 0,
-    });
+    let cfg = to_files(f.display().to_string(), 1024, 0);
     run(&k, cfg).outcome();
     let mut all = String::new();
     let mut n = 0;
@@ -464,12 +439,7 @@ fn serial_size_rotation_numbers_files_and_keeps_n() {
     let d = tempdir("serial-keep");
     let f = d.join("out");
     let k = loaded(2, script(Generation::V4));
-    let mut cfg = config();
-    cfg.naming.pattern = Some(f.display().to_string());
-    cfg.naming.rotation = Some(Rotation {
-        bytes: 1024,
-        keep: 3,
-    });
+    let cfg = to_files(f.display().to_string(), 1024, 3);
     run(&k, cfg).outcome();
     let mut names: Vec<_> = std::fs::read_dir(&d)
         .unwrap()
@@ -524,12 +494,7 @@ fn bulk_mode_rotation_names_and_keeps() {
     let d = tempdir("bulk-rot");
     let f = d.join("trace");
     let k = loaded(2, script(Generation::V5));
-    let mut cfg = config();
-    cfg.naming.pattern = Some(f.display().to_string());
-    cfg.naming.rotation = Some(Rotation {
-        bytes: 1024,
-        keep: 2,
-    });
+    let cfg = to_files(f.display().to_string(), 1024, 2);
     let dir = Box::new(BulkDir(k.open_module_dir(&modname()).unwrap()));
     run_with(&k, dir, cfg, Signals::new()).outcome();
     for cpu in 0..2 {
@@ -587,12 +552,7 @@ fn sigusr2_switches_to_the_next_file() {
         k.request_exit(MODULE);
         h.join().unwrap()
     });
-    assert_eq!(
-        result.unwrap(),
-        Outcome::Finished { failed: false },
-        "{}",
-        err.text()
-    );
+    finished_cleanly(result, &err);
     assert_eq!(read(&f), "hello from begin\nsecond begin line\n");
     assert_eq!(read(&f1), "after first rotation\n");
     assert_eq!(read(&f2), "end probe fired\n");
@@ -678,4 +638,23 @@ fn a_target_command_is_killed_when_the_probes_fail_to_start() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(!marker.exists());
     assert!(!k.is_loaded(MODULE));
+}
+
+/// The config for output to `pattern` (`-o`), rotated at `bytes` keeping
+/// `keep` files (`-S`).
+fn to_files(pattern: impl Into<String>, bytes: u64, keep: u32) -> Config {
+    let mut cfg = config();
+    cfg.naming.pattern = Some(pattern.into());
+    cfg.naming.rotation = Some(Rotation { bytes, keep });
+    cfg
+}
+
+/// The session ended normally; if not, what it printed says why.
+fn finished_cleanly(result: Result<Outcome, Error>, err: &stapio::diag::SharedBuf) {
+    assert_eq!(
+        result.unwrap(),
+        Outcome::Finished { failed: false },
+        "{}",
+        err.text()
+    );
 }

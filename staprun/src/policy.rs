@@ -312,6 +312,10 @@ pub fn decide(class: Class, f: &ModuleFacts) -> Decision {
 mod tests {
     use super::*;
 
+    fn stat(uid: u32, gid: u32, mode: u32) -> Stat {
+        Stat { uid, gid, mode }
+    }
+
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
         let mut v = 2u32.to_le_bytes().to_vec();
         for (t, p, id) in entries {
@@ -385,17 +389,9 @@ mod tests {
             path: "/lib/modules/K/systemtap/pmod.ko".into(),
             blessed_dir: "/lib/modules/K/systemtap".into(),
             placement: Placement::InBlessedDir,
-            blessed: Some(Stat {
-                uid: 0,
-                gid: 0,
-                mode: 0o755,
-            }),
+            blessed: Some(stat(0, 0, 0o755)),
             untrusted_ancestor: None,
-            file: Stat {
-                uid: 0,
-                gid: 0,
-                mode: 0o644,
-            },
+            file: stat(0, 0, 0o644),
             kind: FileKind::Regular,
             owner_is_stapdev: false,
             stapdev_gid: Some(STAPDEV),
@@ -429,23 +425,11 @@ mod tests {
         ));
 
         let mut f = facts();
-        f.blessed = Some(Stat {
-            uid: 1000,
-            gid: 0,
-            mode: 0o755,
-        });
+        f.blessed = Some(stat(1000, 0, 0o755));
         assert_eq!(deny(Class::Stapsys, &f), Rule::BlessedDirNotRootOwned);
-        f.blessed = Some(Stat {
-            uid: 0,
-            gid: 0,
-            mode: 0o777,
-        });
+        f.blessed = Some(stat(0, 0, 0o777));
         assert_eq!(deny(Class::Stapusr, &f), Rule::BlessedDirWorldWritable);
-        f.blessed = Some(Stat {
-            uid: 0,
-            gid: 100,
-            mode: 0o775,
-        });
+        f.blessed = Some(stat(0, 100, 0o775));
         assert_eq!(
             deny(Class::Stapusr, &f),
             Rule::BlessedDirGroupWritable { gid: 100 }
@@ -454,20 +438,12 @@ mod tests {
         let mut f = facts();
         f.file.mode = 0o646;
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileWorldWritable);
-        f.file = Stat {
-            uid: 0,
-            gid: 100,
-            mode: 0o664,
-        };
+        f.file = stat(0, 100, 0o664);
         assert_eq!(
             deny(Class::Stapusr, &f),
             Rule::FileGroupWritable { gid: 100 }
         );
-        f.file = Stat {
-            uid: 1001,
-            gid: 0,
-            mode: 0o644,
-        };
+        f.file = stat(1001, 0, 0o644);
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1001 });
 
         let mut f = facts();
@@ -477,14 +453,7 @@ mod tests {
         assert_eq!(deny(Class::Stapusr, &f), Rule::NoBlessedDir);
 
         let mut f = facts();
-        f.untrusted_ancestor = Some((
-            "/lib/modules".into(),
-            Stat {
-                uid: 5,
-                gid: 0,
-                mode: 0o755,
-            },
-        ));
+        f.untrusted_ancestor = Some(("/lib/modules".into(), stat(5, 0, 0o755)));
         assert!(matches!(
             deny(Class::Stapusr, &f),
             Rule::UntrustedAncestor { .. }
@@ -499,16 +468,8 @@ mod tests {
     #[test]
     fn stapdev_layout_lets_stapdev_members_publish() {
         let mut f = facts();
-        f.blessed = Some(Stat {
-            uid: 0,
-            gid: STAPDEV,
-            mode: 0o775,
-        });
-        f.file = Stat {
-            uid: 1002,
-            gid: STAPDEV,
-            mode: 0o664,
-        };
+        f.blessed = Some(stat(0, STAPDEV, 0o775));
+        f.file = stat(1002, STAPDEV, 0o664);
         f.owner_is_stapdev = true;
         assert!(matches!(
             decide(Class::Stapusr, &f),
@@ -519,11 +480,7 @@ mod tests {
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1002 });
         // A 755 root:root directory never accepts a non-root owner.
         let mut f = facts();
-        f.file = Stat {
-            uid: 1002,
-            gid: 0,
-            mode: 0o644,
-        };
+        f.file = stat(1002, 0, 0o644);
         f.owner_is_stapdev = true;
         assert_eq!(deny(Class::Stapusr, &f), Rule::FileOwner { uid: 1002 });
     }

@@ -201,11 +201,10 @@ mod tests {
             assert!(drop_privileges_for_good(Uid::ROOT, Gid::ROOT).is_err());
             return;
         }
-        if std::env::var_os("STAP_SYS_DROP_CHILD").is_none() {
-            crate::sys::tests::run_test_in_child(
-                "sys::creds::tests::drop_for_good_in_a_child",
-                &[("STAP_SYS_DROP_CHILD", "1")],
-            );
+        if crate::sys::tests::ran_in_child(
+            "sys::creds::tests::drop_for_good_in_a_child",
+            "STAP_SYS_DROP_CHILD",
+        ) {
             return;
         }
         let (u, g) = (Uid::from_raw(65534), Gid::from_raw(65534));
@@ -224,11 +223,10 @@ mod tests {
         if !current_uid_is_root() {
             return;
         }
-        if std::env::var_os("STAP_SYS_SWITCH_CHILD").is_none() {
-            crate::sys::tests::run_test_in_child(
-                "sys::creds::tests::effective_and_real_switches_in_a_child",
-                &[("STAP_SYS_SWITCH_CHILD", "1")],
-            );
+        if crate::sys::tests::ran_in_child(
+            "sys::creds::tests::effective_and_real_switches_in_a_child",
+            "STAP_SYS_SWITCH_CHILD",
+        ) {
             return;
         }
         let start = ids().unwrap();

@@ -98,6 +98,17 @@ pub(crate) mod tests {
     /// with `env` added (process-wide state, such as the ids or the time
     /// zone, changes there, not in the test process); panics unless it
     /// ran and passed.
+    /// For a test that must run in a child of its own: in the test
+    /// process, run it there (marked by `var`) and return true; in that
+    /// child, return false so the test body runs.
+    pub(crate) fn ran_in_child(name: &str, var: &str) -> bool {
+        if std::env::var_os(var).is_some() {
+            return false;
+        }
+        run_test_in_child(name, &[(var, "1")]);
+        true
+    }
+
     pub(crate) fn run_test_in_child(name: &str, env: &[(&str, &str)]) {
         let me = std::env::current_exe().unwrap();
         let out = std::process::Command::new(me)

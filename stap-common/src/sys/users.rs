@@ -35,74 +35,60 @@ pub fn user_name(uid: Uid) -> Option<String> {
     })
 }
 
-/// `f` on the password-database entry of `uid` (its strings live only during
-/// the call); the buffer grows on ERANGE.
-fn with_passwd<T>(uid: Uid, f: impl FnOnce(&libc::passwd) -> T) -> Option<T> {
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+/// One reentrant NSS lookup (`getpwuid_r`-style): `call` fills `entry`
+/// using the buffer and sets the result pointer; the buffer starts at
+/// `initial` bytes and grows on ERANGE. `f` sees the entry while the
+/// buffer its strings point into is alive.
+fn nss_entry<E, T>(
+    mut entry: E,
+    initial: usize,
+    mut call: impl FnMut(&mut E, &mut [libc::c_char], &mut *mut E) -> libc::c_int,
+    f: impl FnOnce(&E) -> T,
+) -> Option<T> {
+    let mut buf = vec![0 as libc::c_char; initial];
     loop {
-        let mut res: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: all pointers are to live locals of the documented sizes.
-        let r = unsafe {
-            libc::getpwuid_r(uid.as_raw(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut res)
-        };
+        let mut res: *mut E = std::ptr::null_mut();
+        let r = call(&mut entry, &mut buf, &mut res);
         if r == libc::ERANGE && grow(&mut buf) {
             continue;
         }
-        if r != 0 || res.is_null() {
-            return None;
-        }
-        return Some(f(&pw));
+        return (r == 0 && !res.is_null()).then(|| f(&entry));
     }
 }
 
-/// `f` on the group-database entry of `gid` (its strings live only during
-/// the call); the buffer grows on ERANGE.
+/// `f` on the password-database entry of `uid`.
+fn with_passwd<T>(uid: Uid, f: impl FnOnce(&libc::passwd) -> T) -> Option<T> {
+    // SAFETY: a zeroed passwd struct is valid storage for getpwuid_r.
+    let pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let call = |pw: &mut libc::passwd, buf: &mut [libc::c_char], res: &mut *mut libc::passwd| {
+        // SAFETY: all pointers are to live storage of the documented sizes.
+        unsafe { libc::getpwuid_r(uid.as_raw(), pw, buf.as_mut_ptr(), buf.len(), res) }
+    };
+    nss_entry(pw, 16384, call, f)
+}
+
+/// `f` on the group-database entry of `gid`.
 fn with_group<T>(gid: Gid, f: impl FnOnce(&libc::group) -> T) -> Option<T> {
-    // Group entries list their members: start larger than for passwd.
-    let mut buf = vec![0 as libc::c_char; 65536];
     // SAFETY: a zeroed group struct is valid storage for getgrgid_r.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    loop {
-        let mut res: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers are to live locals of the documented sizes.
-        let r = unsafe {
-            libc::getgrgid_r(
-                gid.as_raw(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut res,
-            )
-        };
-        if r == libc::ERANGE && grow(&mut buf) {
-            continue;
-        }
-        if r != 0 || res.is_null() {
-            return None;
-        }
-        return Some(f(&grp));
-    }
+    let grp: libc::group = unsafe { std::mem::zeroed() };
+    let call = |grp: &mut libc::group, buf: &mut [libc::c_char], res: &mut *mut libc::group| {
+        // SAFETY: all pointers are to live storage of the documented sizes.
+        unsafe { libc::getgrgid_r(gid.as_raw(), grp, buf.as_mut_ptr(), buf.len(), res) }
+    };
+    // Group entries list their members: start larger than for passwd.
+    nss_entry(grp, 65536, call, f)
 }
 
 /// Look up a group id by name in the group database (`getgrnam_r`).
 pub fn group_id(name: &str) -> Option<Gid> {
     let c = CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    loop {
-        // SAFETY: a zeroed group struct is valid storage for getgrnam_r.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut res: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers are to live locals of the documented sizes.
-        let r = unsafe {
-            libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut res)
-        };
-        if r == libc::ERANGE && grow(&mut buf) {
-            continue;
-        }
-        return (r == 0 && !res.is_null()).then_some(Gid::from_raw(grp.gr_gid));
-    }
+    // SAFETY: a zeroed group struct is valid storage for getgrnam_r.
+    let grp: libc::group = unsafe { std::mem::zeroed() };
+    let call = |grp: &mut libc::group, buf: &mut [libc::c_char], res: &mut *mut libc::group| {
+        // SAFETY: all pointers are to live storage of the documented sizes.
+        unsafe { libc::getgrnam_r(c.as_ptr(), grp, buf.as_mut_ptr(), buf.len(), res) }
+    };
+    nss_entry(grp, 16384, call, |grp| Gid::from_raw(grp.gr_gid))
 }
 
 /// The name of group `gid`, if the group database has one.
