@@ -114,15 +114,19 @@ pub enum StaprunError {
 
 impl StaprunError {
     /// A second line of guidance, printed after the error.
-    pub fn hint(&self) -> Option<&'static str> {
+    pub fn hint(&self) -> Option<String> {
         match self {
             StaprunError::Insert { exists: true, .. } => {
-                Some("Rerun with staprun option '-R' to rename this module.")
+                Some("Rerun with staprun option '-R' to rename this module.".into())
             }
             StaprunError::Usage(_) | StaprunError::Unsupported(_) => {
-                Some("Run 'staprun -h' for usage.")
+                Some("Run 'staprun -h' for usage.".into())
             }
-
+            StaprunError::Denied { path, .. } => Some(format!(
+                "'staprun --explain {}' shows the rules that decide, without loading anything.",
+                path.display()
+            )),
+            StaprunError::Undone { error, .. } => error.hint(),
             _ => None,
         }
     }
@@ -171,5 +175,21 @@ mod tests {
             wrong.to_string(),
             "module /x.ko was built for kernel 6.1.0-58-cloud-amd64, not for the running kernel 6.1.0-57-cloud-amd64"
         );
+    }
+
+    #[test]
+    fn a_refusal_points_at_explain() {
+        let refused = StaprunError::Denied {
+            path: "/tmp/p.ko".into(),
+            reason: "r".into(),
+        };
+        let hint = refused.hint().unwrap();
+        assert!(hint.contains("staprun --explain /tmp/p.ko"), "{hint}");
+        let undone = StaprunError::Undone {
+            error: Box::new(refused),
+            undo: "it has been unloaded".into(),
+        };
+        assert_eq!(undone.hint(), Some(hint));
+        assert_eq!(StaprunError::Fips.hint(), None);
     }
 }

@@ -342,7 +342,13 @@ pub fn command(program: Program) -> Command {
         .override_usage(format!(
             "{} [OPTIONS] MODULE [MODULE-OPTIONS]",
             program.name()
-        ));
+        ))
+        .after_help(match program {
+            Program::Staprun => {
+                "Whether you may load a module, and which rule decides, without loading it:\n  staprun --explain MODULE"
+            }
+            Program::Stapio => "stapio is started by staprun; it is not run by hand.",
+        });
     let operands = [
         Arg::new("module")
             .value_name("MODULE")

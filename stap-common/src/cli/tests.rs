@@ -353,3 +353,11 @@ fn to_args_round_trips() {
     assert_eq!(back.module, "m_123");
     assert!(back.load_only && back.suppress_warnings);
 }
+
+#[test]
+fn staprun_help_shows_explain() {
+    let help = command(Program::Staprun).render_help().to_string();
+    assert!(help.contains("staprun --explain MODULE"), "{help}");
+    let help = command(Program::Stapio).render_help().to_string();
+    assert!(!help.contains("--explain"), "{help}");
+}
