@@ -564,7 +564,7 @@ fn second_load_gives_rename_guidance_and_r_renames() {
         .unwrap_err();
     assert!(e.to_string().contains("File exists"), "{e}");
     assert_eq!(
-        e.hint(),
+        e.hint().as_deref(),
         Some("Rerun with staprun option '-R' to rename this module.")
     );
     let l = run
