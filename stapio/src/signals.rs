@@ -62,29 +62,22 @@ impl Signals {
 
 static PROCESS: OnceLock<Arc<Signals>> = OnceLock::new();
 
-extern "C" fn on_interrupt(_: libc::c_int) {
-    if let Some(s) = PROCESS.get() {
-        s.interrupt();
-    }
+/// A handler that only records the signal in the process's [`Signals`]
+/// (an atomic store: async-signal-safe).
+macro_rules! handler {
+    ($name:ident, $record:ident) => {
+        extern "C" fn $name(_: libc::c_int) {
+            if let Some(s) = PROCESS.get() {
+                s.$record();
+            }
+        }
+    };
 }
 
-extern "C" fn on_quit(_: libc::c_int) {
-    if let Some(s) = PROCESS.get() {
-        s.detach();
-    }
-}
-
-extern "C" fn on_usr2(_: libc::c_int) {
-    if let Some(s) = PROCESS.get() {
-        s.rotate();
-    }
-}
-
-extern "C" fn on_child(_: libc::c_int) {
-    if let Some(s) = PROCESS.get() {
-        s.child();
-    }
-}
+handler!(on_interrupt, interrupt);
+handler!(on_quit, detach);
+handler!(on_usr2, rotate);
+handler!(on_child, child);
 
 /// Signals the main thread handles; other threads block them so that a
 /// signal interrupts the main loop's wait.
