@@ -599,9 +599,23 @@ static void cleanup_and_exit(int send_exit)
 static void ctl_timer_fn(struct timer_list *t)
 {
 	static int request_sent;
+	int cpu;
 
 	if (!list_empty(&ready_q))
 		wake_up_interruptible(&ctl_wq);
+	/*
+	 * As the runtime's relay wake-up timer (relay_v2.c): a reader asleep in
+	 * poll() learns of data that does not fill a sub-buffer. The relay
+	 * layer itself wakes readers only at a sub-buffer switch, and a stapio
+	 * for a 4.x module polls without a timeout, as the 4.8 one does.
+	 */
+	for_each_possible_cpu(cpu) {
+		struct rchan_buf *buf = rchan ? *per_cpu_ptr(rchan->buf, cpu) : NULL;
+
+		if (buf && waitqueue_active(&buf->read_wait) &&
+		    (buf->offset || buf->subbufs_produced != buf->subbufs_consumed))
+			wake_up_interruptible(&buf->read_wait);
+	}
 	if (READ_ONCE(exit_flag) && probes_started && !request_sent) {
 		request_sent = 1;
 		ctl_send(STP_REQUEST_EXIT, NULL, 0);

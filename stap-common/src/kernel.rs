@@ -69,7 +69,36 @@ pub trait ModuleDir: Send + Sync {
     /// The directory's file descriptor, to hand to stapio (`-F`); `None`
     /// in the simulation.
     fn raw_fd(&self) -> Option<RawFd>;
+    /// The module's standard input, `__stdin` (stapio `-i`), opened for
+    /// writing: the procfs file of `probe input.char` / `input.line`
+    /// (tapset `input.stp`: `procfs("__stdin").write`), always in
+    /// `/proc/systemtap/MODULE/`, whatever the transport (C: monitor.c
+    /// `redirect_stdin`). The module makes it when its probes start: ENOENT
+    /// before that, and for a module without input probes.
+    fn open_input(&self, module: &ModName) -> io::Result<Box<dyn ModuleInput>> {
+        let _ = module;
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+    /// Monitor mode (`stap --monitor`, stapio `-M`): the module's
+    /// `monitor_status` file (the module formats it when it is opened),
+    /// read whole up to `limit` bytes; empty while another process has
+    /// it open. ENOENT for a module built without `--monitor`.
+    fn read_monitor_status(&self, limit: usize) -> io::Result<Vec<u8>> {
+        let _ = limit;
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
+    /// Monitor mode: one write of `command` to the module's
+    /// `monitor_control` file (`clear`, `pause`, `resume`, `quit`, or a
+    /// probe index to toggle). ENOENT for a module built without `--monitor`.
+    fn write_monitor_control(&self, command: &str) -> io::Result<()> {
+        let _ = command;
+        Err(io::Error::from_raw_os_error(libc::ENOENT))
+    }
 }
+
+/// The monitor-mode files a `stap --monitor` module adds to its directory.
+pub const MONITOR_STATUS: &str = "monitor_status";
+pub const MONITOR_CONTROL: &str = "monitor_control";
 
 /// The control channel: one message per read, one per write.
 pub trait Control: Send {
@@ -81,6 +110,17 @@ pub trait Control: Send {
     /// Wait up to `timeout` for a message; true if one may be read.
     fn wait(&mut self, timeout: Duration) -> io::Result<bool>;
 }
+
+/// The module's `__stdin`, open for writing.
+pub trait ModuleInput: Send {
+    /// Write one byte, in one `write()`: each write fires the module's
+    /// input probes once with what was written (`input.line` assembles its
+    /// lines from one-byte writes, as the C stapio makes them).
+    fn send_byte(&mut self, byte: u8) -> io::Result<()>;
+}
+
+/// The file name of the module's standard input (`-i`).
+pub const STDIN_FILE: &str = "__stdin";
 
 /// One CPU's relay file.
 pub trait Relay: Send {

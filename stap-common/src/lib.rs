@@ -1,6 +1,9 @@
 //! Shared pieces of `staprun` and `stapio`.
 //!
 //! * [`cli`]: the getopt-compatible option set both programs parse.
+//! * [`color`]: the coloured `ERROR:`/`WARNING:` tags (`-C`, `SYSTEMTAP_COLORS`).
+//! * [`child_env`]: how staprun hands stapio the environment of the `-c`
+//!   command and `system()` children, apart from stapio's own.
 //! * [`protocol`]: typed control messages of both SystemTap generations.
 //! * [`record`]: the relay record's wire format (per-CPU `traceN` files).
 //! * [`kernel`]: the `KernelOps` boundary, with the real Linux implementation
@@ -10,7 +13,9 @@
 //!   (`deny(unsafe_code)` everywhere else).
 #![deny(unsafe_code)]
 
+pub mod child_env;
 pub mod cli;
+pub mod color;
 pub mod elf;
 pub mod ids;
 pub mod kernel;

@@ -57,10 +57,20 @@ impl Generation {
         self.base() + kind as u32
     }
 
+    /// Whether this generation has message `kind`: 4.x ends with
+    /// `STP_NAMESPACES_PID` (18); `STP_MNT_NS_FDS` came with 5.1 (PR31060).
+    pub fn defines(self, kind: MsgKind) -> bool {
+        match self {
+            Generation::V4 => kind != MsgKind::MntNsFds,
+            Generation::V5 => true,
+        }
+    }
+
     /// The kind of wire number `n`, if this generation defines it.
     pub fn kind(self, n: u32) -> Option<MsgKind> {
         let i = n.checked_sub(self.base())?;
-        MsgKind::ALL.get(usize::try_from(i).ok()?).copied()
+        let kind = MsgKind::ALL.get(usize::try_from(i).ok()?).copied()?;
+        self.defines(kind).then_some(kind)
     }
 
     /// Generation of a module whose first message had wire number `n`
@@ -169,6 +179,15 @@ pub enum Request {
     NamespacesPid {
         target: i32,
     },
+    /// `STP_MNT_NS_FDS` (5.1+, PR31060): `struct _stp_msg_mnt_ns_fds { int
+    /// target_fd; int orig_fd; }`, two descriptor **numbers** in the
+    /// sender's own table (the module `fget`s them in stapio's context while
+    /// it starts its probes), for `/proc/PID/ns/mnt` of the `-N` process and
+    /// stapio's own mount namespace. Not a message of 4.x.
+    MntNsFds {
+        target_fd: i32,
+        orig_fd: i32,
+    },
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -181,6 +200,11 @@ pub enum EncodeError {
     },
     #[error("{field} contains a NUL byte")]
     Nul { field: &'static str },
+    #[error("{kind:?} is not a message of the {generation} control protocol")]
+    NotInGeneration {
+        kind: MsgKind,
+        generation: Generation,
+    },
 }
 
 fn put_fixed(
@@ -217,11 +241,18 @@ impl Request {
             Request::PrivilegeCredentials { .. } => MsgKind::PrivilegeCredentials,
             Request::RemoteId { .. } => MsgKind::RemoteId,
             Request::NamespacesPid { .. } => MsgKind::NamespacesPid,
+            Request::MntNsFds { .. } => MsgKind::MntNsFds,
         }
     }
 
     /// The exact bytes of one `write()` to `.cmd`.
     pub fn encode(&self, generation: Generation) -> Result<Vec<u8>, EncodeError> {
+        if !generation.defines(self.kind()) {
+            return Err(EncodeError::NotInGeneration {
+                kind: self.kind(),
+                generation,
+            });
+        }
         let mut out = Vec::with_capacity(16);
         out.extend_from_slice(&generation.number(self.kind()).to_ne_bytes());
         match self {
@@ -251,6 +282,10 @@ impl Request {
                 put_fixed(&mut out, "remote URI", uri, REMOTE_URI_LEN)?;
             }
             Request::NamespacesPid { target } => out.extend_from_slice(&target.to_ne_bytes()),
+            Request::MntNsFds { target_fd, orig_fd } => {
+                out.extend_from_slice(&target_fd.to_ne_bytes());
+                out.extend_from_slice(&orig_fd.to_ne_bytes());
+            }
         }
         debug_assert!(out.len() <= MAX_REQUEST);
         Ok(out)
@@ -323,6 +358,13 @@ impl Request {
                 need(4)?;
                 Request::NamespacesPid {
                     target: i32_at(p, 0),
+                }
+            }
+            MsgKind::MntNsFds => {
+                need(8)?;
+                Request::MntNsFds {
+                    target_fd: i32_at(p, 0),
+                    orig_fd: i32_at(p, 4),
                 }
             }
             other => return Err(DecodeError::Unexpected(other)),
@@ -532,6 +574,52 @@ mod tests {
                 let bytes = r.encode(g).unwrap();
                 assert_eq!(Request::decode(g, &bytes).unwrap(), r);
             }
+        }
+    }
+
+    #[test]
+    fn mnt_ns_fds_is_a_5x_message_of_two_native_ints() {
+        // transport_msgs.h (5.1): STP_MNT_NS_FDS follows STP_NAMESPACES_PID,
+        // struct _stp_msg_mnt_ns_fds { int target_fd; int orig_fd; }.
+        let r = Request::MntNsFds {
+            target_fd: 7,
+            orig_fd: 8,
+        };
+        let bytes = r.encode(Generation::V5).unwrap();
+        let mut want = 0x63u32.to_ne_bytes().to_vec();
+        want.extend_from_slice(&7i32.to_ne_bytes());
+        want.extend_from_slice(&8i32.to_ne_bytes());
+        assert_eq!(bytes, want);
+        assert_eq!(Request::decode(Generation::V5, &bytes).unwrap(), r);
+        // A short message is not taken for one.
+        assert!(matches!(
+            Request::decode(Generation::V5, &bytes[..8]),
+            Err(DecodeError::Short { need: 8, .. })
+        ));
+        // 4.x never had it: never encoded, and its number (19) is unknown
+        // there, as the 4.8 module answers EINVAL to it.
+        assert_eq!(
+            r.encode(Generation::V4),
+            Err(EncodeError::NotInGeneration {
+                kind: MsgKind::MntNsFds,
+                generation: Generation::V4
+            })
+        );
+        assert_eq!(Generation::V4.kind(19), None);
+        assert!(!Generation::V4.defines(MsgKind::MntNsFds));
+        let mut v4 = 19u32.to_ne_bytes().to_vec();
+        v4.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            Request::decode(Generation::V4, &v4),
+            Err(DecodeError::UnknownType(19))
+        );
+        // Every other request exists in both generations.
+        for r in [
+            Request::Start { target: 1 },
+            Request::NamespacesPid { target: 1 },
+        ] {
+            assert!(r.encode(Generation::V4).is_ok());
+            assert!(r.encode(Generation::V5).is_ok());
         }
     }
 

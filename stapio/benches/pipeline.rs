@@ -48,7 +48,7 @@ fn pump_config(bulk: bool, out: &Path) -> PumpConfig {
         generation: G,
         bulk,
         attach: false,
-        reader_timeout: Duration::from_millis(1),
+        reader_timeout: Some(Duration::from_millis(1)),
         merge_gap: Duration::from_secs(2),
         naming: Naming {
             pattern: Some(out.display().to_string()),

@@ -1,6 +1,7 @@
 //! Messages for the user's terminal (stderr): module out-of-band text,
-//! warnings and errors, with the `ERROR:`/`WARNING:` tags optionally
-//! coloured as SystemTap's default `SYSTEMTAP_COLORS` does.
+//! warnings and errors, with the `ERROR:`/`WARNING:` tags coloured as the
+//! C stapio colours them (`-C`, `TERM`, `SYSTEMTAP_COLORS`: see
+//! `stap_common::color`).
 //!
 //! A daemon (`stapio -D`) has no terminal: [`Diag::use_syslog`] sends
 //! every message from then on to syslog instead (ident `stapio`, facility
@@ -10,13 +11,11 @@
 //! session, which holds a clone, follows it.
 #![forbid(unsafe_code)]
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use stap_common::cli::ColorMode;
-
-const ERROR_COLOR: &str = "01;31";
-const WARNING_COLOR: &str = "00;35";
+use stap_common::color::Palette;
 
 /// The syslog identity of stapio's messages once it runs as a daemon.
 pub const SYSLOG_IDENT: &std::ffi::CStr = c"stapio";
@@ -69,7 +68,7 @@ enum Sink {
 
 struct Inner {
     sink: Sink,
-    color: bool,
+    palette: Palette,
 }
 
 /// A cloneable, thread-safe stderr (or a test buffer, or syslog).
@@ -82,7 +81,7 @@ impl std::fmt::Debug for Diag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.lock();
         f.debug_struct("Diag")
-            .field("color", &inner.color)
+            .field("color", &inner.palette.is_colored())
             .field("syslog", &matches!(inner.sink, Sink::Log(_)))
             .finish()
     }
@@ -94,11 +93,21 @@ pub fn syslog_record(priority: Priority, line: &str) {
 }
 
 impl Diag {
+    /// `color`: the default palette (`SYSTEMTAP_COLORS` unset), or none.
     pub fn new(sink: Box<dyn Write + Send>, color: bool) -> Self {
+        let palette = if color {
+            Palette::from_colors(None)
+        } else {
+            Palette::none()
+        };
+        Diag::with_palette(sink, palette)
+    }
+
+    pub fn with_palette(sink: Box<dyn Write + Send>, palette: Palette) -> Self {
         Diag {
             inner: Arc::new(Mutex::new(Inner {
                 sink: Sink::Stream(sink),
-                color,
+                palette,
             })),
         }
     }
@@ -109,7 +118,7 @@ impl Diag {
         Diag {
             inner: Arc::new(Mutex::new(Inner {
                 sink: Sink::Log(log),
-                color: false,
+                palette: Palette::none(),
             })),
         }
     }
@@ -119,18 +128,15 @@ impl Diag {
         Diag::with_log(Box::new(syslog_record))
     }
 
-    /// The process's stderr; `auto` colours when it is a terminal and
-    /// `TERM` is not `dumb`.
+    /// The process's stderr, coloured as the C stapio would: `always`,
+    /// or `auto` when it is a terminal and `TERM` is not `dumb`, in the
+    /// colours of `SYSTEMTAP_COLORS` (stapio's environment is staprun's
+    /// allowlist, which keeps both).
     pub fn stderr(mode: ColorMode) -> Self {
-        let color = match mode {
-            ColorMode::Never => false,
-            ColorMode::Always => true,
-            ColorMode::Auto => {
-                io::stderr().is_terminal()
-                    && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
-            }
-        };
-        Diag::new(Box::new(io::stderr()), color)
+        let term = std::env::var("TERM").ok();
+        let colors = std::env::var("SYSTEMTAP_COLORS").ok();
+        let palette = Palette::for_stderr(mode, term.as_deref(), colors.as_deref());
+        Diag::with_palette(Box::new(io::stderr()), palette)
     }
 
     /// From now on, this `Diag` and all its clones hand their messages to
@@ -138,7 +144,7 @@ impl Diag {
     pub fn use_log(&self, log: LogFn) {
         let mut inner = self.lock();
         inner.sink = Sink::Log(log);
-        inner.color = false;
+        inner.palette = Palette::none();
     }
 
     /// From now on, this `Diag` and all its clones write to syslog (for
@@ -184,13 +190,15 @@ impl Diag {
         self.emit(None, text);
     }
 
-    fn tagged(&self, priority: Priority, tag: &str, color: &str, rest: &str) {
-        let colored = self.lock().color;
-        let mut line = if colored {
-            format!("\x1b[{color}m{tag}\x1b[m {rest}")
-        } else {
-            format!("{tag} {rest}")
+    fn tagged(&self, priority: Priority, rest: &str) {
+        let tag = {
+            let inner = self.lock();
+            match priority {
+                Priority::Error => inner.palette.error_tag(),
+                _ => inner.palette.warning_tag(),
+            }
         };
+        let mut line = format!("{tag} {rest}");
         if !line.ends_with('\n') {
             line.push('\n');
         }
@@ -198,11 +206,11 @@ impl Diag {
     }
 
     pub fn warn(&self, msg: &str) {
-        self.tagged(Priority::Warning, "WARNING:", WARNING_COLOR, msg);
+        self.tagged(Priority::Warning, msg);
     }
 
     pub fn error(&self, msg: &str) {
-        self.tagged(Priority::Error, "ERROR:", ERROR_COLOR, msg);
+        self.tagged(Priority::Error, msg);
     }
 
     /// Module text that may start with the protocol's `WARNING: ` or
@@ -346,7 +354,7 @@ mod tests {
         let d = Diag::new(Box::new(buf.clone()), true);
         let held = d.clone();
         held.error("before");
-        assert_eq!(buf.text(), "\x1b[01;31mERROR:\x1b[m before\n");
+        assert_eq!(buf.text(), "\x1b[01;31m\x1b[KERROR:\x1b[m\x1b[K before\n");
         assert!(!held.is_log());
         let log = LogRecords::new();
         d.use_log(log.sink());
@@ -355,7 +363,7 @@ mod tests {
         held.module_text("WARNING: w\n");
         assert_eq!(
             buf.text(),
-            "\x1b[01;31mERROR:\x1b[m before\n",
+            "\x1b[01;31m\x1b[KERROR:\x1b[m\x1b[K before\n",
             "nothing more"
         );
         assert_eq!(
@@ -375,5 +383,31 @@ mod tests {
         d.module_text("WARNING: w");
         d.raw("text");
         assert_eq!(buf.text(), "ERROR: e\nWARNING: w\ntext");
+    }
+
+    /// The escape sequences of the C stapio's `print_stderr`, in the
+    /// colours of `SYSTEMTAP_COLORS`.
+    #[test]
+    fn tags_in_the_palettes_colours() {
+        let buf = SharedBuf::new();
+        let d = Diag::new(Box::new(buf.clone()), true);
+        d.module_text("WARNING: w\n");
+        d.module_text("ERROR: e\n");
+        assert_eq!(
+            buf.text(),
+            "\x1b[00;33m\x1b[KWARNING:\x1b[m\x1b[K w\n\x1b[01;31m\x1b[KERROR:\x1b[m\x1b[K e\n"
+        );
+        let buf = SharedBuf::new();
+        let d = Diag::with_palette(
+            Box::new(buf.clone()),
+            Palette::from_colors(Some("warning=01;35:error=04")),
+        );
+        d.warn("w");
+        d.error("e");
+        d.raw("plain\n");
+        assert_eq!(
+            buf.text(),
+            "\x1b[01;35m\x1b[KWARNING:\x1b[m\x1b[K w\n\x1b[04m\x1b[KERROR:\x1b[m\x1b[K e\nplain\n"
+        );
     }
 }

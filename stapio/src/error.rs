@@ -25,8 +25,10 @@ pub enum Error {
     },
     #[error("cannot set up the process: {0}")]
     Setup(io::Error),
-    #[error("monitor mode (-M) is not supported by this stapio")]
-    MonitorUnsupported,
+    #[error("{0}")]
+    MonitorRefused(&'static str),
+    #[error("cannot set up the monitor screen (-M): {0}")]
+    Monitor(io::Error),
     #[error("option -d is for staprun, not stapio")]
     DeleteUnsupported,
     #[error("Invalid relay directory descriptor -F {fd}: {source}")]
@@ -77,6 +79,21 @@ pub enum Error {
     Daemon(io::Error),
     #[error("Unable to unload module {module}: {detail}")]
     Unload { module: ModName, detail: String },
+    #[error("Failed to open file '{path}': {}", os_text(source))]
+    MountNamespace { path: String, source: io::Error },
+    #[error("Couldn't open the module's __stdin for -i: {}", os_text(source))]
+    InputOpen { source: io::Error },
+    #[error("Failed to reconfigure the terminal for -i: {}", os_text(.0))]
+    Terminal(io::Error),
+}
+
+/// The text of an errno alone, as C's `strerror` gives it.
+fn os_text(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// The errno of a control-channel failure, in words a user can act on.

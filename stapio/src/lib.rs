@@ -7,10 +7,13 @@ pub mod diag;
 pub mod error;
 pub mod framing;
 pub mod merge;
+pub mod monitor;
+pub mod ns;
 pub mod output;
 pub mod relay;
 pub mod session;
 pub mod signals;
+pub mod stdin;
 pub mod target;
 pub mod unloader;
 

@@ -4,7 +4,7 @@
 
 use std::cell::Cell;
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::Path;
 
 use stap_common::cli::{self, ColorMode, Program};
@@ -14,6 +14,7 @@ use stap_common::modname::ModName;
 use stap_common::sys;
 
 use stapio::diag::Diag;
+use stapio::monitor::{History, Monitor, TermScreen};
 use stapio::session::{StaprunUnloader, Unloader as _};
 use stapio::signals::{self, Signals};
 use stapio::{Config, Error, Session, Streams};
@@ -91,8 +92,8 @@ fn run(
         return Ok(0);
     }
     *color = opts.color;
-    if opts.stapio_refuses().is_some() {
-        return Err(Error::MonitorUnsupported);
+    if let Some(why) = opts.stapio_refuses(std::io::stdout().is_terminal()) {
+        return Err(Error::MonitorRefused(why));
     }
     if opts.delete {
         return Err(Error::DeleteUnsupported);
@@ -145,11 +146,22 @@ fn start(
     let cwd = std::env::current_dir().map_err(Error::Setup)?;
     let cfg = Config::from_options(opts, name.clone(), &cwd);
     let diag = Diag::stderr(opts.color);
+    // -M: the script's output goes to the monitor's output window.
+    let history = opts.monitor_interval.map(|_| History::new());
+    let stdout: Box<dyn Write + Send> = match &history {
+        Some(h) => Box::new(h.writer()),
+        None => Box::new(std::io::stdout()),
+    };
     let streams = Streams {
-        stdout: Box::new(std::io::stdout()),
+        stdout,
         diag: diag.clone(),
     };
-    let session = Session::connect(cfg, &kernel, dir, streams, signals)?;
+    let mut session = Session::connect(cfg, &kernel, dir, streams, signals)?;
+    if let (Some(interval), Some(history)) = (opts.monitor_interval, &history) {
+        let screen = TermScreen::open().map_err(Error::Monitor)?;
+        let monitor = Monitor::new(interval, history.clone(), Box::new(screen));
+        session = session.with_monitor(monitor, history);
+    }
     if opts.daemon {
         sys::daemonize().map_err(Error::Daemon)?;
         // The caller's shell has its prompt back: from here on, the
@@ -160,7 +172,9 @@ fn start(
         daemonized.set(true);
         println!("{}", sys::getpid());
         let _ = std::io::stdout().flush();
-        sys::redirect_to_dev_null(&[1, 2]).map_err(Error::Daemon)?;
+        // stdin too, as the C stapio closes it: a daemon reads nothing
+        // from the terminal (with -i, its module gets end of file).
+        sys::redirect_to_dev_null(&[0, 1, 2]).map_err(Error::Daemon)?;
     }
     let outcome = session.run(unloader)?;
     Ok(outcome.exit_code())

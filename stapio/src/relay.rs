@@ -40,6 +40,13 @@ const KILL: u8 = 2;
 const DETACH: u8 = 3;
 /// Longest a normal end reads what the module still has.
 const DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(10);
+/// A reader without a poll timeout still wakes this often at the latest
+/// (a safety net: data, a stop and a rotation wake it at once).
+const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Detaching reads what is there for twice the poll timeout; without one,
+/// twice this.
+const DETACH_READ: Duration =
+    Duration::from_millis(stap_common::cli::DEFAULT_READER_TIMEOUT_MS as u64);
 
 /// How the pump is set up.
 #[derive(Debug, Clone)]
@@ -48,8 +55,9 @@ pub struct PumpConfig {
     pub bulk: bool,
     /// Attached to a running module: its first record is not sequence 1.
     pub attach: bool,
-    /// `-T`: the readers' poll timeout.
-    pub reader_timeout: Duration,
+    /// The readers' poll timeout (`-T`, or the generation's default);
+    /// `None`: they wait for data, a stop or a rotation only.
+    pub reader_timeout: Option<Duration>,
     /// How long the merge waits for a missing sequence number.
     pub merge_gap: Duration,
     pub naming: Naming,
@@ -121,6 +129,9 @@ pub struct Pump {
     wake: Vec<std::fs::File>,
     readers: Vec<JoinHandle<Result<ReaderEnd, Error>>>,
     merger: Option<JoinHandle<Result<MergerEnd, Error>>>,
+    /// SIGUSR2 count the readers were last woken for.
+    signals: Arc<Signals>,
+    rotations_seen: u64,
 }
 
 impl std::fmt::Debug for Pump {
@@ -215,6 +226,8 @@ impl Pump {
             wake: Vec::new(),
             readers: Vec::new(),
             merger,
+            signals: signals.clone(),
+            rotations_seen: rotations,
         };
         for ((cpu, relay), sink) in relays.into_iter().zip(sinks) {
             let stop = pump.stop.clone();
@@ -264,6 +277,18 @@ impl Pump {
         for w in &mut self.wake {
             // Non-blocking: a full pipe already holds a wake-up.
             let _ = w.write(&[1]);
+        }
+    }
+
+    /// After a SIGUSR2, wake the readers so that a bulk-mode reader
+    /// switches files now, not at its next data or poll timeout (the C
+    /// stapio interrupts their `ppoll` with SIGUSR2). The main loop calls
+    /// this whenever it looks at signals.
+    pub fn wake_for_rotation(&mut self) {
+        let n = self.signals.rotations();
+        if n != self.rotations_seen {
+            self.rotations_seen = n;
+            self.kick();
         }
     }
 
@@ -336,7 +361,7 @@ fn reader_thread(
     mut waiter: Waiter,
     signals: &Signals,
 ) -> Result<ReaderEnd, Error> {
-    let timeout = waiter.timeout;
+    let detach_read = waiter.timeout.unwrap_or(DETACH_READ) * 2;
     let mut parser = Parser::with_buffer(generation, READ_CHUNK);
     let mut spans: Vec<Span> = Vec::new();
     let mut end = ReaderEnd::default();
@@ -350,7 +375,7 @@ fn reader_thread(
             && detach_since
                 .get_or_insert_with(std::time::Instant::now)
                 .elapsed()
-                > timeout * 2
+                > detach_read
         {
             break;
         }
@@ -466,16 +491,18 @@ fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>) -> boo
     tx.send(chunk).is_ok()
 }
 
-/// How a reader waits for data: up to `-T`, or until the pump wakes it
-/// (the begin probes have run, or the pump is closing).
+/// How a reader waits for data: up to `-T` (without one, for data only),
+/// or until the pump wakes it (the begin probes have run, a SIGUSR2, or
+/// the pump is closing).
 struct Waiter {
-    timeout: Duration,
+    timeout: Option<Duration>,
     wake: std::fs::File,
 }
 
 impl Waiter {
     fn wait(&mut self, relay: &mut dyn Relay) -> io::Result<()> {
-        if !relay.wait_or_wake(self.timeout, self.wake.as_fd())?
+        let timeout = self.timeout.unwrap_or(NO_TIMEOUT);
+        if !relay.wait_or_wake(timeout, self.wake.as_fd())?
             && sys::poll_one(self.wake.as_fd(), libc::POLLIN, Duration::ZERO)?
         {
             // Take the wake-up bytes (non-blocking; at most a few are queued).

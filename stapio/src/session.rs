@@ -53,7 +53,9 @@ pub struct Config {
     pub attach: bool,
     pub read_stdin: bool,
     pub naming: Naming,
-    pub reader_timeout: Duration,
+    /// `-T`; `None` (not given): as the C tools of the module's
+    /// generation ([`reader_timeout_for`]).
+    pub reader_timeout: Option<Duration>,
     pub control_poll: Duration,
     pub merge_gap: Duration,
     pub pin_readers: bool,
@@ -78,7 +80,9 @@ impl Config {
                     .map(|p| p.to_string_lossy().into_owned()),
                 rotation: o.rotation,
             },
-            reader_timeout: Duration::from_millis(u64::from(o.reader_timeout_ms)),
+            reader_timeout: o
+                .reader_timeout_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
             control_poll: CONTROL_POLL,
             merge_gap: MERGE_GAP,
             pin_readers: true,
@@ -101,12 +105,25 @@ impl Config {
                 pattern: None,
                 rotation: None,
             },
-            reader_timeout: Duration::from_millis(200),
+            reader_timeout: None,
             control_poll: CONTROL_POLL,
             merge_gap: MERGE_GAP,
             pin_readers: true,
         }
     }
+}
+
+/// The readers' poll timeout: `-T` if given, else the C tools' default
+/// for the module's generation: none for 4.x (the 4.8 readers wait in
+/// `ppoll` without a timeout), 200 ms for 5.x. `None`: the readers wake
+/// only for data, a stop, or a SIGUSR2 (bulk-mode rotation).
+pub fn reader_timeout_for(given: Option<Duration>, generation: Generation) -> Option<Duration> {
+    given.or(match generation {
+        Generation::V4 => None,
+        Generation::V5 => Some(Duration::from_millis(u64::from(
+            stap_common::cli::DEFAULT_READER_TIMEOUT_MS,
+        ))),
+    })
 }
 
 /// How a run ended.
@@ -178,6 +195,10 @@ pub struct Session<'k> {
     interrupts_seen: u32,
     pump_failure_handled: bool,
     error: Option<Error>,
+    /// `-i` and `-N` (5.1+): [`stdin_ns`].
+    stdin_ns: stdin_ns::StdinNs,
+    /// `-M`: [`monitor_mode`].
+    monitor: Option<monitor_mode::Attached>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -241,6 +262,8 @@ impl<'k> Session<'k> {
             interrupts_seen: 0,
             pump_failure_handled: false,
             error: None,
+            stdin_ns: Default::default(),
+            monitor: None,
         })
     }
 
@@ -294,6 +317,9 @@ impl<'k> Session<'k> {
     }
 
     fn main_loop(&mut self) -> Ending {
+        if let Err(e) = self.input_setup() {
+            return self.fail(e);
+        }
         if self.cfg.attach {
             if let Err(e) = self.start_relays() {
                 return self.fail(e);
@@ -335,6 +361,15 @@ impl<'k> Session<'k> {
 
     /// Signals, the relay threads' health and the `-c` child.
     fn check_events(&mut self) -> Option<Ending> {
+        if let Some(end) = self.monitor_turn() {
+            return Some(end);
+        }
+        if let Some(end) = self.input_turn() {
+            return Some(end);
+        }
+        if let Some(p) = self.pump.as_mut() {
+            p.wake_for_rotation();
+        }
         if self.signals.detach_requested() {
             return Some(Ending::Detach);
         }
@@ -348,6 +383,10 @@ impl<'k> Session<'k> {
             self.send_exit();
             if n > 2 {
                 return Some(Ending::Abort);
+            }
+            // Monitor mode ends at once (the C stapio does not wait there).
+            if self.monitoring() {
+                return Some(Ending::Finish);
             }
         }
         if !self.pump_failure_handled && self.pump.as_ref().is_some_and(Pump::failed) {
@@ -404,6 +443,9 @@ impl<'k> Session<'k> {
             }
             Notice::Exit => {
                 self.verbose(2, "got STP_EXIT");
+                if self.monitor_exited() {
+                    return None;
+                }
                 return Some(Ending::Finish);
             }
             Notice::RealtimeData(_) => {
@@ -437,7 +479,9 @@ impl<'k> Session<'k> {
             return Some(self.fail(e));
         }
         if let Some(pid) = self.cfg.namespaces_pid
-            && let Err(e) = self.send(Request::NamespacesPid { target: pid }, "STP_NAMESPACES_PID")
+            && let Err(e) = self
+                .send(Request::NamespacesPid { target: pid }, "STP_NAMESPACES_PID")
+                .and_then(|()| self.send_mount_namespaces(pid))
         {
             return Some(self.fail(e));
         }
@@ -511,7 +555,7 @@ impl<'k> Session<'k> {
         let spec = ExecSpec::new(
             std::ffi::OsStr::new("/bin/sh"),
             ["sh", "-c", cmd],
-            ExecSpec::inherited_env(),
+            crate::target::child_env(),
         );
         if let Err(e) = spec.and_then(|s| sys::spawn_detached(&s)) {
             self.diag
@@ -554,7 +598,7 @@ impl<'k> Session<'k> {
             generation: self.generation,
             bulk,
             attach: self.cfg.attach,
-            reader_timeout: self.cfg.reader_timeout,
+            reader_timeout: reader_timeout_for(self.cfg.reader_timeout, self.generation),
             merge_gap: self.cfg.merge_gap,
             naming: self.cfg.naming.clone(),
             pin: self.cfg.pin_readers,
@@ -565,6 +609,8 @@ impl<'k> Session<'k> {
     }
 
     fn teardown(mut self, ending: Ending, unloader: &dyn Unloader) -> Result<Outcome, Error> {
+        self.monitor_end();
+        self.input_end();
         if let Some(pump) = self.pump.take() {
             let how = match ending {
                 Ending::Abort => Close::Kill,
@@ -608,7 +654,8 @@ impl<'k> Session<'k> {
         {
             t.poll_exit();
         }
-        if let Err(e) = unloader.unload(&self.cfg.module) {
+        let orig_mount_ns = self.mount_ns_for_unload();
+        if let Err(e) = unloader.unload_in_mount_ns(&self.cfg.module, orig_mount_ns) {
             self.error.get_or_insert(e);
         }
         match self.error.take() {
@@ -644,5 +691,7 @@ fn detect_generation(control: &mut dyn Control, module: &ModName) -> Result<Gene
     })
 }
 
+mod monitor_mode;
+mod stdin_ns;
 #[cfg(test)]
 mod tests;

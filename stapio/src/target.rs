@@ -10,17 +10,45 @@
 //! `/bin/sh -c CMD`. The hold is a pipe rather than SIGUSR1: the child
 //! blocks reading it, starts when stapio writes a byte, and exits with
 //! status 1 without running anything if stapio closes it first.
+//!
+//! The environment of the command (and of the module's `system()`
+//! commands) is [`child_env`]: the set staprun handed over for them, not
+//! stapio's own.
 #![forbid(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use stap_common::child_env;
 use stap_common::ids::Pid;
 use stap_common::sys::{self, ChildStatus, ExecSpec};
 
 use crate::error::Error;
+
+/// The environment of stapio's children (the `-c` command, `system()`
+/// commands), as `NAME=value` entries: the set staprun handed over
+/// (`stap_common::child_env`: the caller's environment minus the secure
+/// list and the override variables), or, in a stapio started without one,
+/// stapio's own environment.
+pub fn child_env() -> Vec<OsString> {
+    child_env_of(std::env::vars_os())
+}
+
+/// [`child_env`] for the environment `own`.
+pub fn child_env_of(own: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<OsString> {
+    let own: Vec<(OsString, OsString)> = own.into_iter().collect();
+    let vars = child_env::decode(own.iter().cloned()).unwrap_or(own);
+    vars.into_iter()
+        .map(|(mut k, v)| {
+            k.push("=");
+            k.push(v);
+            k
+        })
+        .collect()
+}
 
 /// How a `-c` command will be executed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,13 +122,18 @@ pub struct Target {
 impl Target {
     /// Fork CMD, held until [`Target::release`].
     pub fn spawn(cmd: &str, read_stdin: bool) -> Result<Target, Error> {
-        let p = plan(cmd, read_stdin, std::env::var_os("PATH").as_deref());
+        // The command is looked up on its own PATH, as execvp in the child does.
+        let env = child_env();
+        let path_var = env
+            .iter()
+            .find_map(|e| e.as_bytes().strip_prefix(b"PATH="))
+            .map(OsStr::from_bytes);
+        let p = plan(cmd, read_stdin, path_var);
         let spawn_err = |source| Error::TargetSpawn {
             cmd: cmd.to_string(),
             source,
         };
-        let spec = ExecSpec::new(p.path.as_os_str(), &p.argv, ExecSpec::inherited_env())
-            .map_err(spawn_err)?;
+        let spec = ExecSpec::new(p.path.as_os_str(), &p.argv, &env).map_err(spawn_err)?;
         let (pid, gate) = sys::spawn_held(&spec).map_err(spawn_err)?;
         Ok(Target {
             pid,
@@ -206,5 +239,28 @@ mod tests {
         // Not found on PATH: the shell reports it.
         let p = plan("no-such-command-xyz", false, path);
         assert_eq!(p.path, PathBuf::from("/bin/sh"));
+    }
+
+    #[test]
+    fn children_get_the_handed_over_set_not_stapios_own() {
+        let os = |v: &[(&str, &str)]| -> Vec<(OsString, OsString)> {
+            v.iter().map(|(k, v)| (k.into(), v.into())).collect()
+        };
+        let own = os(&[
+            ("PATH", "/usr/bin"),
+            ("SYSTEMTAP_VERBOSE", "0"),
+            ("STAPRUN_CHILD_ENV", "1"),
+            ("STAPRUN_CHILD_ENV_PATH", "/usr/bin"),
+            ("STAPRUN_CHILD_ENV_JAVA_HOME", "/x"),
+        ]);
+        assert_eq!(
+            child_env_of(own),
+            vec![OsString::from("PATH=/usr/bin"), "JAVA_HOME=/x".into()]
+        );
+        // Started by hand: its own environment.
+        assert_eq!(
+            child_env_of(os(&[("PATH", "/bin"), ("X", "a=b")])),
+            vec![OsString::from("PATH=/bin"), "X=a=b".into()]
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! attached), or, when even that cannot be started, by executing
 //! `staprun --undo-start` in place of stapio.
 
+use std::os::fd::OwnedFd;
+
 use stap_common::cli::ColorMode;
 use stap_common::modname::ModName;
 
@@ -11,6 +13,14 @@ use crate::error::Error;
 /// The last step of a normal end: unload the module.
 pub trait Unloader {
     fn unload(&self, module: &ModName) -> Result<(), Error>;
+
+    /// Unload from the mount namespace `orig` (`-N` with a 5.1+ module,
+    /// when the module left this thread in another one): the unloading
+    /// child switches back to it first.
+    fn unload_in_mount_ns(&self, module: &ModName, orig: Option<OwnedFd>) -> Result<(), Error> {
+        drop(orig);
+        self.unload(module)
+    }
 }
 
 impl<F: Fn(&ModName) -> Result<(), Error>> Unloader for F {
@@ -93,6 +103,10 @@ impl StaprunUnloader {
 
 impl Unloader for StaprunUnloader {
     fn unload(&self, module: &ModName) -> Result<(), Error> {
+        self.unload_in_mount_ns(module, None)
+    }
+
+    fn unload_in_mount_ns(&self, module: &ModName, orig: Option<OwnedFd>) -> Result<(), Error> {
         self.attempted
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut cmd = std::process::Command::new(&self.staprun);
@@ -101,6 +115,9 @@ impl Unloader for StaprunUnloader {
             if let Some(v) = std::env::var_os(k) {
                 cmd.env(k, v);
             }
+        }
+        if let Some(ns) = orig {
+            stap_common::sys::enter_mount_ns_before_exec(&mut cmd, ns);
         }
         let status = cmd.status().map_err(|e| {
             // Out of processes, memory or descriptors: staprun can still

@@ -45,10 +45,13 @@ fn usage_errors_exit_1() {
 }
 
 #[test]
-fn monitor_mode_is_refused_clearly() {
+fn monitor_mode_without_a_terminal_is_refused_clearly() {
+    // stdout is a pipe here.
     let o = stapio(&["-M", "1", "stapio_test_nomod"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("monitor mode (-M) is not supported"));
+    let e = text(&o.stderr);
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("monitor mode needs a terminal"), "{e}");
 }
 
 #[test]

@@ -119,9 +119,7 @@ impl StaprunError {
             StaprunError::Insert { exists: true, .. } => {
                 Some("Rerun with staprun option '-R' to rename this module.".into())
             }
-            StaprunError::Usage(_) | StaprunError::Unsupported(_) => {
-                Some("Run 'staprun -h' for usage.".into())
-            }
+            StaprunError::Usage(_) => Some("Run 'staprun -h' for usage.".into()),
             StaprunError::Denied { path, .. } => Some(format!(
                 "'staprun --explain {}' shows the rules that decide, without loading anything.",
                 path.display()

@@ -33,9 +33,10 @@ fn c_string(s: impl Into<OsString>) -> CString {
 
 impl ExecPlan {
     /// stapio for module `name`: the caller's options as stapio parses
-    /// them, the module directory's fd as `-F`, and the environment the
-    /// caller gave minus everything [`env::keep`] refuses, plus
-    /// `SYSTEMTAP_VERBOSE` and `SYSTEMTAP_MODULE`.
+    /// them, the module directory's fd as `-F`, and [`env::for_stapio`]:
+    /// stapio's own allowlist of the environment the caller gave, plus
+    /// `SYSTEMTAP_VERBOSE` and `SYSTEMTAP_MODULE`, and apart from it the
+    /// set stapio gives its children (`-c`, `system()`).
     pub fn stapio(
         stapio: &Path,
         opts: &Options,
@@ -49,9 +50,7 @@ impl ExecPlan {
                 .into_iter()
                 .map(c_string),
         );
-        let mut envp = env::filter(captured);
-        envp.push(("SYSTEMTAP_VERBOSE".into(), opts.verbose.to_string()));
-        envp.push(("SYSTEMTAP_MODULE".into(), name.to_string()));
+        let envp = env::for_stapio(captured, opts.verbose, name.as_str());
         ExecPlan {
             path: c_string(stapio.as_os_str()),
             argv,

@@ -341,10 +341,6 @@ pub fn load(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
 }
 
 fn load_checked(ctx: &Context<'_>, opts: &Options) -> Result<Loaded, StaprunError> {
-    // What stapio would refuse is refused before anything is loaded.
-    if let Some(why) = opts.stapio_refuses() {
-        return Err(StaprunError::Unsupported(why.to_string()));
-    }
     let target = resolve_module(&opts.module, &ctx.blessed_dir)?;
     let params = module_params(opts)?;
     if let Some(u) = &opts.uprobes {

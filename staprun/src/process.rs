@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, OsString};
-use std::io;
+use std::io::{self, IsTerminal as _};
 use std::path::{Path, PathBuf};
 
 use stap_common::cli::{self, Options, Program};
@@ -273,12 +273,14 @@ pub fn run(
         unload::unload(&ctx, module_name.as_ref().map_or("*", ModName::as_str))?;
         return Ok(Outcome::Exit(0));
     }
+    // What stapio would refuse (monitor mode without a terminal) is
+    // refused before anything is loaded or attached.
+    if let Some(why) = opts.stapio_refuses(std::io::stdout().is_terminal()) {
+        return Err(StaprunError::Unsupported(why.to_string()));
+    }
     let stapio = check_stapio(Path::new(STAPIO_PATH))?;
     let (guard, dir) = if opts.attach {
         let name = module_name.ok_or(StaprunError::BadName("'*' is only for -d".into()))?;
-        if let Some(why) = opts.stapio_refuses() {
-            return Err(StaprunError::Unsupported(why.to_string()));
-        }
         let dir = load::attach(&ctx, &name)?;
         window.close().map_err(StaprunError::Setup)?;
         (UndoGuard::new(&ctx, name, false), dir)

@@ -144,6 +144,8 @@ fn flow(g: Generation) {
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("LD_PRELOAD".to_string(), "/tmp/evil.so".to_string()),
         ("SYSTEMTAP_STAPIO".to_string(), "/tmp/evil".to_string()),
+        ("JAVA_HOME".to_string(), "/opt/jdk".to_string()),
+        ("TMPDIR".to_string(), "/tmp/evil-tmp".to_string()),
     ];
     let stapio_path = std::path::Path::new("/usr/libexec/staprun/stapio");
     let plan = ExecPlan::stapio(stapio_path, &opts, &loaded.name, Some(7), captured);
@@ -158,6 +160,28 @@ fn flow(g: Generation) {
         env.iter()
             .all(|(k, _)| k != "LD_PRELOAD" && k != "SYSTEMTAP_STAPIO")
     );
+    // stapio's own environment is the allowlist: JAVA_HOME is not in it,
+    // but it reaches stapio's children (`-c`, `system()`), and what glibc
+    // removes for a setuid program, or an override variable, reaches
+    // nothing (not even renamed).
+    assert!(env.iter().all(|(k, _)| k != "JAVA_HOME" && k != "TMPDIR"));
+    assert!(env.iter().all(|(_, v)| !v.contains("evil")), "{env:?}");
+    let children = stapio::target::child_env_of(
+        env.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    for want in [
+        "LANG=C.UTF-8",
+        "JAVA_HOME=/opt/jdk",
+        "SYSTEMTAP_MODULE=pmod",
+        "SYSTEMTAP_VERBOSE=0",
+    ] {
+        assert!(
+            children.contains(&OsString::from(want)),
+            "{want}: {children:?}"
+        );
+    }
+    assert_eq!(children.len(), 4, "{children:?}");
     let args = plan.args();
     assert_eq!(args[0], stapio_path.to_str().unwrap());
     let stapio_argv: Vec<OsString> = args[1..].iter().map(OsString::from).collect();

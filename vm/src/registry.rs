@@ -179,6 +179,14 @@ pub const SCENARIOS: &[Scenario] = &[
     compat("compat5_options", COMPAT_OPTIONS),
     compat("compat5_lifecycle", COMPAT_LIFECYCLE),
     compat("compat5_flightrec", COMPAT_FLIGHTREC),
+    compat("compat_io", COMPAT_IO),
+    compat("compat5_io", COMPAT_IO),
+    // Colours, the children's environment, -T's default (vm-agent compat/env.rs).
+    compat("compat_env", COMPAT_ENV),
+    compat("compat5_env", COMPAT_ENV),
+    // staprun -M on a pseudo-terminal (vm-agent compat/monitor.rs).
+    compat("compat_monitor", COMPAT_MONITOR),
+    compat("compat5_monitor", COMPAT_MONITOR),
     // vm/tests/install.rs
     plain("install_deb", Install),
     plain("install_prefix", Install),
@@ -238,6 +246,33 @@ const COMPAT_LIFECYCLE: &[&str] = &[
     "sigusr2",
     "sigusr2_bulk",
     "staprunwait",
+];
+const COMPAT_MONITOR: &[&str] = &["monitor_keys"];
+const COMPAT_IO: &[&str] = &[
+    "stdin_line",
+    "stdin_char",
+    "stdin_eof",
+    "stdin_not_forwarded",
+    "stdin_no_input_probe",
+    "ns_target_root",
+    "ns_none_root",
+    "ns_alice_denied",
+    "ns_alice_own",
+];
+const COMPAT_ENV: &[&str] = &[
+    "colors_always",
+    "colors_custom",
+    "colors_malformed",
+    "colors_empty",
+    "colors_never_tty",
+    "colors_auto_tty",
+    "colors_auto_tty_dumb",
+    "colors_auto_pipe",
+    "colors_always_dumb",
+    "colors_staprun_own",
+    "env_children_alice",
+    "env_children_root",
+    "reader_wakeups",
 ];
 const COMPAT_FLIGHTREC: &[&str] = &[
     "flightrec1",

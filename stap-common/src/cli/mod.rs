@@ -144,7 +144,9 @@ pub struct Options {
     pub rename: bool,
     pub remote: Option<Remote>,
     pub rotation: Option<Rotation>,
-    pub reader_timeout_ms: u32,
+    /// `-T`, when given; without it the readers wait as the C tools of
+    /// the module's generation do (see [`DEFAULT_READER_TIMEOUT_MS`]).
+    pub reader_timeout_ms: Option<u32>,
     pub read_stdin: bool,
     /// `-F fd` (stapio only).
     pub relay_fd: Option<i32>,
@@ -154,7 +156,10 @@ pub struct Options {
     pub module_options: Vec<String>,
 }
 
-/// Default `-T` (reader poll timeout) in milliseconds.
+/// The reader poll timeout in milliseconds when `-T` is not given, for a
+/// SystemTap 5.x module (the 5.x C tools' `reader_timeout_ms = 200`). For a
+/// 4.x module there is none: the 4.x C tools' readers wait in `ppoll`
+/// without a timeout, woken only by data or by a signal.
 pub const DEFAULT_READER_TIMEOUT_MS: u32 = 200;
 
 /// GNU getopt, reduced to a canonical argv: every option as
@@ -264,7 +269,6 @@ pub fn parse(program: Program, raw: &[OsString]) -> Result<Options, CliError> {
         verbose: u32::from(m.get_count("verbose")),
         version: m.get_flag("version"),
         help: m.get_flag("help"),
-        reader_timeout_ms: DEFAULT_READER_TIMEOUT_MS,
         ..Options::default()
     };
     if o.help || o.version {
@@ -445,11 +449,19 @@ pub fn resolve_module(module: &str, blessed_dir: &Path) -> Result<ModulePath, Cl
 impl Options {
     /// Why stapio would refuse to run with these options, if it would.
     /// staprun asks before it loads anything, so such a run never leaves
-    /// a module behind.
-    pub fn stapio_refuses(&self) -> Option<&'static str> {
-        self.monitor_interval
-            .is_some()
-            .then_some("monitor mode (-M) is not supported by this stapio")
+    /// a module behind. `stdout_is_terminal`: monitor mode (`-M`) draws
+    /// its screen on standard output and reads keys from the terminal.
+    pub fn stapio_refuses(&self, stdout_is_terminal: bool) -> Option<&'static str> {
+        self.monitor_interval?;
+        if self.daemon {
+            Some("monitor mode (-M) cannot run in the background (-D)")
+        } else if self.read_stdin {
+            Some("monitor mode (-M) reads the keyboard; it cannot forward standard input (-i)")
+        } else if !stdout_is_terminal {
+            Some("monitor mode needs a terminal (-M draws on standard output, which is not one)")
+        } else {
+            None
+        }
     }
 
     /// `-o` made absolute against `cwd` (SystemTap's `get_abspath`).

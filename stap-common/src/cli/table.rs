@@ -4,10 +4,7 @@
 
 use clap::{Arg, ArgAction, Command};
 
-use super::{
-    CliError, ColorMode, DEFAULT_READER_TIMEOUT_MS, Options, Program, parse_pid, parse_remote,
-    parse_rotation,
-};
+use super::{CliError, ColorMode, Options, Program, parse_pid, parse_remote, parse_rotation};
 
 /// How an option takes a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +170,11 @@ fn emit_rotation(o: &Options, a: &mut Vec<String>) {
     emit_value(a, 'S', v);
 }
 
+/// `-T`'s help: the default depends on the module's generation, as with
+/// the C tools (4.8: none, 5.x: [`super::DEFAULT_READER_TIMEOUT_MS`]; a
+/// unit test keeps the two in step).
+pub(super) const T_HELP: &str = "Relay reader poll timeout in ms (default: 200 for SystemTap 5.x modules; none for 4.x ones, whose readers wake only for data)";
+
 /// The option set of both programs, in the order of the help text (and of
 /// the argv handed to stapio). SystemTap's getopt string is
 /// `ALu::vihb:t:dc:o:x:N:S:DwRr:VT:C:M:`, stapio's adds `F:`.
@@ -297,28 +299,19 @@ pub static OPTIONS: [Opt; 23] = [
         Ok(())
     })
     .emits(emit_rotation),
-    Opt::value(
-        'T',
-        "timeout",
-        "MS",
-        "Relay reader poll timeout in ms (default 200)",
+    Opt::value('T', "timeout", "MS", T_HELP)
+        .sets(|o, v| {
+            o.reader_timeout_ms = Some(number(v, |n: u32| n >= 1, CliError::ReaderTimeout)?);
+            Ok(())
+        })
+        .emits(|o, a| emit_value(a, 'T', o.reader_timeout_ms.map(|t| t.to_string()))),
+    Opt::flag(
+        'i',
+        "stdin",
+        "Forward standard input to the module (probe input.char, input.line)",
     )
-    .sets(|o, v| {
-        o.reader_timeout_ms = number(v, |n: u32| n >= 1, CliError::ReaderTimeout)?;
-        Ok(())
-    })
-    .emits(|o, a| {
-        let t = o.reader_timeout_ms;
-        emit_value(
-            a,
-            'T',
-            (t != DEFAULT_READER_TIMEOUT_MS).then(|| t.to_string()),
-        );
-    }),
-    Opt::flag('i', "stdin", "Forward standard input to the module")
-        .hidden()
-        .sets(|o, _| on(&mut o.read_stdin))
-        .emits(|o, a| emit_flag(a, 'i', o.read_stdin)),
+    .sets(|o, _| on(&mut o.read_stdin))
+    .emits(|o, a| emit_flag(a, 'i', o.read_stdin)),
     // staprun passes its own fd (Options::to_args's `relay_fd`).
     Opt::value('F', "relay-fd", "FD", "Pre-opened module directory fd")
         .only(Program::Stapio)

@@ -348,7 +348,7 @@ fn to_args_round_trips() {
     assert_eq!(back.verbose, 2);
     assert_eq!(back.target_cmd.as_deref(), Some("ls -l"));
     assert_eq!(back.rotation, o.rotation);
-    assert_eq!(back.reader_timeout_ms, 50);
+    assert_eq!(back.reader_timeout_ms, Some(50));
     assert_eq!(back.relay_fd, Some(4));
     assert_eq!(back.module, "m_123");
     assert!(back.load_only && back.suppress_warnings);
@@ -360,4 +360,59 @@ fn staprun_help_shows_explain() {
     assert!(help.contains("staprun --explain MODULE"), "{help}");
     let help = command(Program::Stapio).render_help().to_string();
     assert!(!help.contains("--explain"), "{help}");
+}
+
+#[test]
+fn monitor_mode_needs_a_terminal_and_the_foreground() {
+    let o = sr(&["-M", "2", "m"]).unwrap();
+    assert_eq!(o.monitor_interval, Some(2));
+    assert_eq!(o.stapio_refuses(true), None);
+    let why = o.stapio_refuses(false).unwrap();
+    assert!(why.starts_with("monitor mode needs a terminal"), "{why}");
+    let daemon = sr(&["-M", "1", "-D", "-o", "f", "m"]).unwrap();
+    assert!(daemon.stapio_refuses(true).unwrap().contains("-D"));
+    let stdin = sr(&["-M", "1", "-i", "m"]).unwrap();
+    assert!(stdin.stapio_refuses(true).unwrap().contains("-i"));
+    // Without -M nothing is refused, terminal or not.
+    assert_eq!(
+        sr(&["-D", "-o", "f", "m"]).unwrap().stapio_refuses(false),
+        None
+    );
+    assert_eq!(
+        sr(&["-M", "0", "m"]).unwrap_err(),
+        CliError::MonitorInterval("0".into())
+    );
+}
+
+/// `-T` not given is not a value: stapio then waits as the C tools of the
+/// module's generation do. Only a `-T` the caller gave is handed on, the
+/// default value included (it is not 4.x's default).
+#[test]
+fn reader_timeout_given_or_not() {
+    let o = sr(&["m.ko"]).unwrap();
+    assert_eq!(o.reader_timeout_ms, None);
+    assert!(!o.to_args("m", None).contains(&"-T".to_string()));
+    let o = sr(&["-T", "200", "m.ko"]).unwrap();
+    assert_eq!(o.reader_timeout_ms, Some(DEFAULT_READER_TIMEOUT_MS));
+    assert_eq!(o.to_args("m", None), ["-C", "auto", "-T", "200", "--", "m"]);
+    let o = sr(&["-T1", "-T", "7", "m.ko"]).unwrap();
+    assert_eq!(o.reader_timeout_ms, Some(7));
+    let help = command(Program::Stapio).render_help().to_string();
+    assert!(
+        table::T_HELP.contains(&format!("{DEFAULT_READER_TIMEOUT_MS} for SystemTap 5.x"))
+            && help.contains("none for 4.x"),
+        "{help}"
+    );
+}
+
+#[test]
+fn stdin_forwarding_is_in_the_help_of_both_programs() {
+    for p in [Program::Staprun, Program::Stapio] {
+        let help = command(p).render_help().to_string();
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with("-i,") && l.contains("standard input")),
+            "{help}"
+        );
+    }
 }

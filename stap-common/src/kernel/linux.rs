@@ -8,7 +8,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Control, KernelOps, ModuleDir, Relay, Relocation, Transport};
+use super::{
+    Control, KernelOps, MONITOR_CONTROL, MONITOR_STATUS, ModuleDir, ModuleInput, Relay, Relocation,
+    STDIN_FILE, Transport,
+};
 use crate::modname::ModName;
 use crate::sys;
 
@@ -273,6 +276,71 @@ impl ModuleDir for LinuxModuleDir {
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
     }
+
+    fn open_input(&self, module: &ModName) -> io::Result<Box<dyn ModuleInput>> {
+        let name = OsStr::new(STDIN_FILE);
+        let flags = libc::O_WRONLY | libc::O_NOFOLLOW;
+        let fd = match self.transport {
+            Transport::Procfs => sys::openat(self.fd.as_fd(), name, flags)?,
+            // procfs probe files are in /proc/systemtap/MOD/ even when the
+            // transport is debugfs.
+            Transport::Debugfs => {
+                let root = LinuxKernel::open_dir(Path::new(PROCFS_ROOT))?;
+                let dir = sys::openat(
+                    root.as_fd(),
+                    OsStr::new(module.as_str()),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                )?;
+                sys::openat(dir.as_fd(), name, flags)?
+            }
+        };
+        Ok(Box::new(LinuxInput { fd }))
+    }
+
+    fn read_monitor_status(&self, limit: usize) -> io::Result<Vec<u8>> {
+        // O_NONBLOCK: the module lets one process open the file at a time
+        // and makes the others wait; this one then reads nothing instead.
+        let fd = self.monitor_file(MONITOR_STATUS, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 << 10];
+        while out.len() < limit {
+            let want = buf.len().min(limit - out.len());
+            match sys::read(fd.as_fd(), &mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_monitor_control(&self, command: &str) -> io::Result<()> {
+        let fd = self.monitor_file(MONITOR_CONTROL, libc::O_WRONLY)?;
+        let n = sys::write(fd.as_fd(), command.as_bytes())?;
+        if n == command.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write to {MONITOR_CONTROL}: {n} of {}", command.len()),
+            ))
+        }
+    }
+}
+
+impl LinuxModuleDir {
+    /// A monitor file of the module. procfs probe files live in
+    /// `/proc/systemtap/MOD/`, the transport directory of a procfs module;
+    /// a debugfs transport directory does not have them.
+    fn monitor_file(&self, name: &str, flags: i32) -> io::Result<OwnedFd> {
+        match self.transport {
+            Transport::Procfs => {
+                sys::openat(self.fd.as_fd(), OsStr::new(name), flags | libc::O_NOFOLLOW)
+            }
+            Transport::Debugfs => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -300,6 +368,20 @@ impl Control for LinuxControl {
 
     fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         sys::poll_one(self.fd.as_fd(), libc::POLLIN, timeout)
+    }
+}
+
+#[derive(Debug)]
+struct LinuxInput {
+    fd: OwnedFd,
+}
+
+impl ModuleInput for LinuxInput {
+    fn send_byte(&mut self, byte: u8) -> io::Result<()> {
+        match sys::write(self.fd.as_fd(), &[byte])? {
+            1 => Ok(()),
+            _ => Err(io::Error::from(io::ErrorKind::WriteZero)),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{Control, KernelOps, ModuleDir, Relay, Relocation, Transport};
+use super::{Control, KernelOps, ModuleDir, ModuleInput, Relay, Relocation, Transport};
 use crate::modname::ModName;
 use crate::protocol::{Generation, MsgKind, Notice, Request};
 use crate::record::encode_record;
@@ -38,6 +38,24 @@ pub struct Script {
     pub malformed: Vec<Vec<u8>>,
     /// Relay buffer bytes per CPU (as `_stp_bufsize` sets it).
     pub relay_capacity: usize,
+    /// Input probes (`probe input.char` / `input.line`): the module has a
+    /// `__stdin` file once started, and prints what they receive.
+    pub input: Option<InputProbe>,
+    /// A 5.0 module: `STP_MNT_NS_FDS` (5.1) is unknown to it (EINVAL).
+    pub no_mnt_ns_fds: bool,
+}
+
+/// What the simulated module's input probe prints for each write to
+/// `__stdin` (as a script would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputProbe {
+    /// `probe input.char { printf("char:%s\n", char) }`: one line per
+    /// write, with the write's bytes (`{:?}` of the text, so a write of two
+    /// bytes shows).
+    Char,
+    /// `probe input.line { printf("line:%s", line) }`: the tapset's
+    /// assembly, `_line .= $value` until a write that *is* "\n".
+    Line,
 }
 
 impl Default for Script {
@@ -54,6 +72,8 @@ impl Default for Script {
             start_res: 0,
             malformed: vec![],
             relay_capacity: 16 << 20,
+            input: None,
+            no_mnt_ns_fds: false,
         }
     }
 }
@@ -107,6 +127,20 @@ pub enum Event {
     ControlClosed {
         module: String,
     },
+    /// One write to the module's `__stdin`, with its bytes.
+    StdinWrite {
+        module: String,
+        bytes: Vec<u8>,
+    },
+    /// The probes started after an `STP_MNT_NS_FDS`: what its two
+    /// descriptor numbers were in this process then (the real module
+    /// `fget`s them then), as `/proc/self/fd/N` says (`mnt:[INODE]`;
+    /// `<closed>` when not open).
+    MountNamespacesAtStart {
+        module: String,
+        target: String,
+        orig: String,
+    },
 }
 
 #[derive(Debug)]
@@ -123,6 +157,10 @@ struct SimModule {
     exiting: bool,
     overwrite: bool,
     next_cpu: usize,
+    /// The tapset's `_line` of `input.line`.
+    partial_line: Vec<u8>,
+    /// The last `STP_MNT_NS_FDS` (target, orig).
+    mnt_ns_fds: Option<(i32, i32)>,
 }
 
 #[derive(Debug)]
@@ -136,6 +174,15 @@ struct State {
     /// Names present that are not SystemTap modules (no transport dir).
     other_modules: Vec<String>,
     events: Vec<Event>,
+    /// Monitor-mode files, by module name (modules built with `--monitor`).
+    monitors: BTreeMap<String, SimMonitor>,
+}
+
+/// A module's `monitor_status` text and what was written to `monitor_control`.
+#[derive(Debug, Default, Clone)]
+struct SimMonitor {
+    status: Vec<u8>,
+    commands: Vec<String>,
 }
 
 /// The simulated kernel; clones share one state.
@@ -157,6 +204,7 @@ impl SimKernel {
                     modules: BTreeMap::new(),
                     other_modules: Vec::new(),
                     events: Vec::new(),
+                    monitors: BTreeMap::new(),
                 }),
                 Condvar::new(),
             )),
@@ -245,6 +293,28 @@ impl SimKernel {
             .get(name)
             .map_or(0, |m| m.relay_lost_records)
     }
+    /// Every write the module `name` received on `__stdin`, in order.
+    pub fn stdin_writes(&self, name: &str) -> Vec<Vec<u8>> {
+        self.lock()
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StdinWrite { module, bytes } if module == name => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    /// [`Event::MountNamespacesAtStart`] of module `name`: (target, orig).
+    pub fn mnt_ns_at_start(&self, name: &str) -> Option<(String, String)> {
+        self.lock().events.iter().find_map(|e| match e {
+            Event::MountNamespacesAtStart {
+                module,
+                target,
+                orig,
+            } if module == name => Some((target.clone(), orig.clone())),
+            _ => None,
+        })
+    }
     /// Make the module ask to exit (as a script's timer calling `exit()`).
     pub fn request_exit(&self, name: &str) {
         let mut s = self.lock();
@@ -254,6 +324,23 @@ impl SimKernel {
         }
         drop(s);
         self.notify();
+    }
+    /// Give module `name` (loaded or not yet) monitor-mode files, with
+    /// this `monitor_status` content (as `stap --monitor` does).
+    pub fn set_monitor_status(&self, name: &str, text: &str) {
+        self.lock()
+            .monitors
+            .entry(name.to_string())
+            .or_default()
+            .status = text.as_bytes().to_vec();
+    }
+    /// What was written to module `name`'s `monitor_control`, in order.
+    pub fn monitor_commands(&self, name: &str) -> Vec<String> {
+        self.lock()
+            .monitors
+            .get(name)
+            .map(|m| m.commands.clone())
+            .unwrap_or_default()
     }
     /// Print a line from the module's probes now.
     pub fn print(&self, name: &str, line: &str) {
@@ -289,6 +376,33 @@ fn emit(m: &mut SimModule, cpu: usize, payload: &[u8]) {
         }
     }
     q.extend(rec);
+}
+
+/// What descriptor `fd` of this process is, as `/proc/self/fd/N` says.
+fn fd_link(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "<closed>".into())
+}
+
+/// A write to `__stdin`: the input probe runs once with its bytes.
+fn stdin_write(m: &mut SimModule, ncpus: usize, bytes: &[u8]) {
+    let line = match m.script.input {
+        Some(InputProbe::Char) => Some(format!("char:{:?}\n", String::from_utf8_lossy(bytes))),
+        Some(InputProbe::Line) => {
+            m.partial_line.extend_from_slice(bytes);
+            (bytes == b"\n").then(|| {
+                let l = std::mem::take(&mut m.partial_line);
+                format!("line:{}", String::from_utf8_lossy(&l))
+            })
+        }
+        None => None,
+    };
+    if let Some(l) = line {
+        let cpu = m.next_cpu % ncpus.max(1);
+        m.next_cpu += 1;
+        emit(m, cpu, l.as_bytes());
+    }
 }
 
 fn start_probes(m: &mut SimModule, ncpus: usize) {
@@ -387,6 +501,8 @@ impl KernelOps for SimKernel {
                 exiting: false,
                 overwrite: false,
                 next_cpu: 0,
+                partial_line: Vec::new(),
+                mnt_ns_fds: None,
             },
         );
         Ok(())
@@ -534,6 +650,96 @@ impl ModuleDir for SimDir {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+
+    fn open_input(&self, _module: &ModName) -> io::Result<Box<dyn ModuleInput>> {
+        let s = self.k.lock();
+        let m = s
+            .modules
+            .get(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        // The procfs file exists once the probes have started, if the
+        // script has input probes; mode 0222, owned by the loading user.
+        if !m.started || m.script.input.is_none() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        if s.caller.euid != 0 && s.caller.euid != m.owner {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        Ok(Box::new(SimInput {
+            k: self.k.clone(),
+            name: self.name.clone(),
+        }))
+    }
+
+    fn read_monitor_status(&self, limit: usize) -> io::Result<Vec<u8>> {
+        let s = self.k.lock();
+        let m = s
+            .modules
+            .get(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        // monitor_status is 0400, owned by the loading user.
+        if s.caller.euid != 0 && s.caller.euid != m.owner {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        let mon = s
+            .monitors
+            .get(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        Ok(mon.status[..mon.status.len().min(limit)].to_vec())
+    }
+
+    fn write_monitor_control(&self, command: &str) -> io::Result<()> {
+        let mut s = self.k.lock();
+        let caller = s.caller;
+        let State {
+            modules, monitors, ..
+        } = &mut *s;
+        let m = modules
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        // monitor_control is 0200, owned by the loading user.
+        if caller.euid != 0 && caller.euid != m.owner {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        let mon = monitors
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        mon.commands.push(command.to_string());
+        // The generated write probe calls exit() for "quit".
+        if command == "quit" && m.started && !m.exiting {
+            m.to_user
+                .push_back(Notice::RequestExit.encode(m.script.generation));
+        }
+        drop(s);
+        self.k.notify();
+        Ok(())
+    }
+}
+
+/// The simulated `__stdin`, open for writing.
+#[derive(Debug)]
+struct SimInput {
+    k: SimKernel,
+    name: String,
+}
+
+impl ModuleInput for SimInput {
+    fn send_byte(&mut self, byte: u8) -> io::Result<()> {
+        let mut s = self.k.lock();
+        let ncpus = s.ncpus;
+        let m = s
+            .modules
+            .get_mut(&self.name)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        stdin_write(m, ncpus, &[byte]);
+        s.events.push(Event::StdinWrite {
+            module: self.name.clone(),
+            bytes: vec![byte],
+        });
+        drop(s);
+        self.k.notify();
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -572,9 +778,10 @@ impl Control for SimControl {
             return Ok(());
         }
         let kind = g.kind(u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]));
+        let unknown = kind == Some(MsgKind::MntNsFds) && m.script.no_mnt_ns_fds;
         let req = match Request::decode(g, msg) {
-            Ok(r) => r,
-            Err(_) => {
+            Ok(r) if !unknown => r,
+            _ => {
                 let errno = libc::EINVAL;
                 s.events.push(Event::RequestRejected {
                     module: name,
@@ -600,10 +807,19 @@ impl Control for SimControl {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         let mut result = Ok(());
+        let mut at_start = None;
         match &req {
             Request::Start { .. } if !m.started => {
                 m.started = true;
+                at_start = m.mnt_ns_fds.map(|(t, o)| Event::MountNamespacesAtStart {
+                    module: name.clone(),
+                    target: fd_link(t),
+                    orig: fd_link(o),
+                });
                 start_probes(m, ncpus);
+            }
+            Request::MntNsFds { target_fd, orig_fd } => {
+                m.mnt_ns_fds = Some((*target_fd, *orig_fd));
             }
             Request::Exit if !m.exiting => {
                 m.exiting = true;
@@ -613,6 +829,7 @@ impl Control for SimControl {
             Request::Bulk => result = Err(io::Error::from_raw_os_error(libc::EINVAL)),
             _ => {}
         }
+        s.events.extend(at_start);
         s.events.push(Event::Request {
             module: name,
             euid,

@@ -7,8 +7,9 @@
 //! numbers, reading, writing, polling), [`fs`] (opening and inspecting
 //! files), [`signals`], [`process`] (limits, CPU time, names, daemon),
 //! [`spawn`] (fork/exec/wait), [`users`] (password and group databases),
-//! [`syslog`](mod@syslog), [`module`] (module syscalls, kernel release, FIPS) and
-//! [`time`]. Everything public is re-exported here, so callers write
+//! [`syslog`](mod@syslog), [`module`] (module syscalls, kernel release, FIPS),
+//! [`time`], [`ns`] (mount namespaces, `-N`) and [`tty`] (the terminal, `-i`).
+//! Everything public is re-exported here, so callers write
 //! `stap_common::sys::open` whatever file it lives in.
 //!
 //! Calls go through **rustix** where it offers the same call with the same
@@ -16,7 +17,8 @@
 //! getxattr, read/pread/write, poll, pipe2, dup2 onto 0-2, F_GETFD/F_SETFD
 //! on owned descriptors, getrlimit/setrlimit, waitpid, kill, getpid,
 //! getgroups, geteuid, clock_gettime, PR_SET_NAME, PR_GET_NO_NEW_PRIVS,
-//! PR_SET_DUMPABLE, sched_setaffinity), and through **nix** for what
+//! PR_SET_DUMPABLE, sched_setaffinity, setns, isatty/tcgetattr/tcsetattr),
+//! and through **nix** for what
 //! rustix has no process-wide or no stable form of: getresuid/getresgid,
 //! setresuid/setresgid (libc's wrappers change the ids of every thread;
 //! rustix's `thread::set_thread_res_uid` changes the calling thread's
@@ -42,6 +44,8 @@
 //!   and `clearenv` ([`clear_environment`], not thread-safe): the caller's
 //!   obligation stays visible.
 //! * `getrusage` ([`cpu_time`]): not in rustix.
+//! * std's `CommandExt::pre_exec` ([`enter_mount_ns_before_exec`]): the
+//!   closure runs between `fork` and `exec` (rustix's setns, nothing else).
 //! * `getpwuid_r`, `getgrgid_r`, `getgrnam_r` with a buffer that grows on
 //!   ERANGE up to 64 MiB ([`users`]): NSS lookups, libc only.
 //! * `openlog`/`syslog` ([`syslog()`]) and `localtime_r`/`strftime`
@@ -55,11 +59,13 @@ pub mod creds;
 pub mod fd;
 pub mod fs;
 pub mod module;
+pub mod ns;
 pub mod process;
 pub mod signals;
 pub mod spawn;
 pub mod syslog;
 pub mod time;
+pub mod tty;
 pub mod users;
 
 pub use crate::ids::{Gid, Pid, Uid};
@@ -67,11 +73,13 @@ pub use creds::*;
 pub use fd::*;
 pub use fs::*;
 pub use module::*;
+pub use ns::*;
 pub use process::*;
 pub use signals::*;
 pub use spawn::*;
 pub use syslog::*;
 pub use time::*;
+pub use tty::*;
 pub use users::*;
 
 /// -1 means failure with errno set; anything else is a result.

@@ -51,7 +51,7 @@ fn the_argv_staprun_builds_configures_stapio() {
             keep: 3
         })
     );
-    assert_eq!(c.reader_timeout, Duration::from_millis(50));
+    assert_eq!(c.reader_timeout, Some(Duration::from_millis(50)));
     assert!(!c.attach && !c.load_only);
 }
 

@@ -36,7 +36,7 @@ pub fn loaded(ncpus: usize, script: Script) -> SimKernel {
 /// Test timings: short polls so tests are quick.
 pub fn config() -> Config {
     let mut c = Config::new(modname());
-    c.reader_timeout = Duration::from_millis(10);
+    c.reader_timeout = Some(Duration::from_millis(10));
     c.control_poll = Duration::from_millis(20);
     c.merge_gap = Duration::from_millis(200);
     c.pin_readers = false;

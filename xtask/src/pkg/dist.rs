@@ -8,7 +8,7 @@
 //!
 //! Only the short options are shown: staprun and stapio parse SystemTap's getopt string
 //! (`cli::normalize`); the long names in the clap definition are its internal canonical form
-//! and are not accepted on the command line. Options the definition hides (`-t`, `-i`) are
+//! and are not accepted on the command line. Options the definition hides (`-t`) are
 //! shown. stapio gets no completions: users do not run it (staprun executes it).
 
 use std::path::{Path, PathBuf};

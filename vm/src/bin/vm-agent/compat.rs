@@ -23,8 +23,11 @@
 
 mod ctx;
 mod driver;
+mod env;
 mod flightrec;
+mod io;
 mod lifecycle;
+mod monitor;
 mod options;
 mod run;
 
@@ -50,6 +53,16 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("compat5_flightrec", |r| {
         in_c5(r, flightrec::compat_flightrec)
     }),
+    ("compat_io", io::compat_io),
+    // The -N targets are made before the chroot (their bind mount must be on the real /tmp).
+    ("compat5_io", |r| {
+        io::prepare_targets(r);
+        in_c5(r, io::compat_io)
+    }),
+    ("compat_env", env::compat_env),
+    ("compat5_env", |r| in_c5(r, env::compat_env)),
+    ("compat_monitor", monitor::compat_monitor),
+    ("compat5_monitor", |r| in_c5(r, monitor::compat_monitor)),
 ];
 
 /// The SystemTap 5.x generation lives in /c5 (xtask `c5_entries`): trixie's C
@@ -187,6 +200,9 @@ pub fn case_names(name: &str) -> Vec<&'static str> {
         Some("options") => options::cases(),
         Some("lifecycle") => lifecycle::LIFECYCLE_CASES.to_vec(),
         Some("flightrec") => flightrec::FLIGHTREC_CASES.to_vec(),
+        Some("env") => env::ENV_CASES.to_vec(),
+        Some("io") => io::IO_CASES.to_vec(),
+        Some("monitor") => monitor::MONITOR_CASES.to_vec(),
         _ => Vec::new(),
     };
     cases.iter().map(|c| c.name).collect()

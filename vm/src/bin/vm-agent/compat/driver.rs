@@ -70,6 +70,36 @@ pub(crate) const KNOWN: &[(Option<Gen>, &str, &str, &str)] = &[
         "run.error",
         "D2: wording of the too-long module name error (ours also names the limit)",
     ),
+    (
+        None,
+        "monitor_*",
+        "monitor_mode",
+        "D3: Debian's C stapio is built without monitor mode (no ncurses/json-c: its usage has \
+         no -M); ours has it",
+    ),
+    (
+        Some(Gen::V5),
+        "ns_none_root",
+        "run.stderr",
+        "D-io1: after the module's own ERROR lines (its probes failed to start), ours adds \
+         `ERROR: the module's probes failed to start (systemtap_module_init returned 2)`; the C \
+         stapio exits 1 without a word of its own",
+    ),
+    (
+        Some(Gen::V5),
+        "ns_alice_denied",
+        "run.stderr",
+        "D-io2: ours tags its own error `ERROR: Failed to open file '/proc/N/ns/mnt': ...`; the C \
+         stapio prints it untagged",
+    ),
+    (
+        Some(Gen::V5),
+        "ns_alice_own",
+        "run.stderr",
+        "C-io1: the C child that runs staprun -d always calls setns(orig_mnt_ns_fd), which needs \
+         CAP_SYS_ADMIN: every -N run of a non-root user ends with `setns(orig_mnt_ns_fd) failed: \
+         Operation not permitted`; ours switches only when not in the original namespace",
+    ),
     (Some(Gen::V4), "flightrec4", "files_*", C3),
     (Some(Gen::V5), "flightrec5", "files_*", C4),
 ];

@@ -387,3 +387,61 @@ pub mod ptrace {
         }
     }
 }
+
+/// A pseudo-terminal (posix_openpt on /dev/ptmx, which needs devpts on /dev/pts):
+/// the master and the slave, the window `cols` x `rows`.
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // SAFETY: plain flags; returns a new descriptor or -1.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: grantpt and unlockpt take the master descriptor, valid here.
+    check(unsafe { libc::grantpt(fd) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::unlockpt(fd) })?;
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the buffer is writable for its whole length, which is passed.
+    let rc = unsafe { libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: on success ptsname_r left a NUL-terminated name inside the buffer.
+    let path = unsafe { CStr::from_ptr(name.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&path)?
+        .into();
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize, which lives across the call.
+    check(unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) })?;
+    Ok((master, slave))
+}
+
+/// Makes `cmd` start a session of its own whose controlling terminal is its stdin
+/// (a pty slave), as a login shell's would be.
+pub fn controlling_tty(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (setsid, ioctl) with integer arguments.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            check(libc::ioctl(0, libc::TIOCSCTTY, 0))
+        });
+    }
+}
