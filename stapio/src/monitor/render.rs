@@ -310,14 +310,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     fn screen(terminal: &Terminal<TestBackend>) -> Vec<String> {
-        let buf = terminal.backend().buffer();
-        (0..buf.area.height)
-            .map(|y| {
-                (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol())
-                    .collect::<String>()
-            })
-            .collect()
+        super::super::term::screen_rows(terminal)
     }
 
     #[test]

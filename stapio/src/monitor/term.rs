@@ -25,6 +25,18 @@ pub trait Screen: Send {
     fn restore(&mut self);
 }
 
+/// A test terminal's rows as text.
+pub(crate) fn screen_rows(terminal: &Terminal<TestBackend>) -> Vec<String> {
+    let buf = terminal.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect()
+}
+
 fn draw_on<B: Backend>(t: &mut Terminal<B>, model: &Model<'_>) -> io::Result<Extent> {
     let mut extent = Extent::default();
     t.draw(|f| extent = draw(f, model))?;
@@ -133,15 +145,7 @@ impl ScriptedScreen {
 
     /// The screen's rows as text.
     pub fn rows(&self) -> Vec<String> {
-        let s = self.lock();
-        let buf = s.terminal.backend().buffer();
-        (0..buf.area.height)
-            .map(|y| {
-                (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol())
-                    .collect::<String>()
-            })
-            .collect()
+        screen_rows(&self.lock().terminal)
     }
 
     /// How many times it was drawn.
