@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{self, ALICE, Bg, ROOT, Reporter, User, command_as};
 
 use super::ctx::{BEGIN, Ctx, END, TIMER, exit_text, loaded_like, loaded_text, mpath, normalize};
-use super::driver::{Case, contains_line, expect_clean_exit, run_group};
+use super::driver::{CDev, Case, Gen, contains_line, expect_clean_exit, run_group};
 use super::{RUN, STARTUP};
 
 fn hello(c: &mut Ctx, user: &User) {
@@ -251,6 +251,10 @@ fn stream_summary(stdout: &str) -> (BTreeMap<u32, (u64, bool)>, usize) {
 
 const STREAM_COUNT: u64 = 50_000;
 
+pub(crate) const C6: &str = "C6: at the end the C 4.8 stapio stops its reader threads at once, \
+                  without draining (PR31597, fixed in 5.1 by waiting twice the reader timeout first), \
+                  so on a busy machine the last records of each CPU and the end probe's output can be lost";
+
 fn stream(c: &mut Ctx) {
     let t0 = Instant::now();
     let out = c.staprun(&ALICE, &["stream"]);
@@ -390,7 +394,7 @@ pub(crate) const RUN_CASES: &[Case] = &[
         name: "stream",
         f: stream,
         modules: &["stream"],
-        c_fails: &[],
+        c_fails: &[(Gen::V4, CDev::Flaky(C6))],
     },
     Case {
         name: "warn_error",
