@@ -63,7 +63,16 @@ pub fn test_all(opts: &vm::Options) -> Result<()> {
             vm: opts.clone(),
             no_stap5: false,
         };
-        run::compat_test(&copts, &[])
+        // The 5.x `-N` cases load a module with a process probe while
+        // stapio makes system calls; under TCG on a busy host the guest
+        // kernel can livelock patching the syscall tracepoint (soft lockup in
+        // syscall_trace_enter / asm_exc_int3, docs/compat.md "TCG livelock"),
+        // which takes the whole boot down. They run on their own with
+        // `cargo xtask compat-test -- compat5_io::ns_`.
+        eprintln!(
+            "xtask: NOT RUN here: compat5_io::ns_* (TCG livelock risk, see docs/compat.md); run them with `cargo xtask compat-test -- compat5_io::ns_`"
+        );
+        run::compat_test(&copts, &["--skip".into(), "compat5_io::ns_".into()])
     });
     stage(
         "debian guest (systemd, stap, staprun@.service)",
