@@ -21,8 +21,8 @@ pub mod users;
 
 pub use fixtures::{
     END, FIXTURES, HELLO, blessed_dir, fixture, fixtures_loaded, insmod_as, install_fixture,
-    is_loaded, loaded_modules, mkdir, prepare_blessed_dir, publish, put, renamed, rmmod, sha256,
-    sha256_file, stat,
+    is_loaded, loaded_modules, mkdir, prepare_blessed_dir, publish, put, record_seqs, renamed,
+    rmmod, sha256, sha256_file, stat,
 };
 pub use paths::{STAPIO, STAPRUN, product_installed};
 pub use processes::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::common::{RUN, check_nothing_loaded, helper_run, log_out, refused, sr, stapio_pids};
 use crate::harness::{
     self, ALICE, END, HELLO, Out, ROOT, Reporter, Rng, STAPRUN, comm, command_as,
-    product_installed, publish, run, sys,
+    product_installed, publish, record_seqs, run, sys,
 };
 
 /// The fd number of `module`'s `.cmd` in process `pid`.
@@ -20,18 +20,6 @@ fn cmd_fd(pid: u32, module: &str) -> Option<String> {
         .flatten()
         .find(|e| fs::read_link(e.path()).is_ok_and(|t| t == Path::new(&want)))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-}
-
-/// Record lines of the fixture ("cpu=C n=N seq=S ...") as sequence numbers.
-fn seqs(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter(|l| l.starts_with("cpu="))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("seq="))
-                .and_then(|v| v.parse().ok())
-        })
-        .collect()
 }
 
 /// `text` is a prefix of a lossless stream of the fixture: the begin
@@ -50,7 +38,7 @@ fn valid_prefix(text: &str, size: usize) -> Result<usize, String> {
     }
     let mut want = 2u64;
     for l in it {
-        let seq = seqs(l).first().copied();
+        let seq = record_seqs::<u64>(l).first().copied();
         if l.len() != size || !l.trim_end().ends_with('.') || seq != Some(want) {
             return Err(format!("record {want}: bad line {l:?}"));
         }
@@ -393,7 +381,7 @@ fn overrun_while_stopped(r: &mut Reporter) {
     );
     // The end line itself may be lost (written while the buffers are still
     // full); the count covers the gaps up to the last record delivered.
-    let s = seqs(&text);
+    let s = record_seqs::<u64>(&text);
     let ncpu = harness::num_cpus() as u64;
     let total = 2 + 3000 * ncpu;
     let with_end = text.trim_end().ends_with(END);

@@ -116,20 +116,7 @@ fn staprun_tty(c: &mut Ctx, user: &User, args: &[&str], env: &[(&str, &str)]) ->
         }
         s
     });
-    let deadline = Instant::now() + RUN;
-    let mut timed_out = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => {
-                timed_out = true;
-                let _ = child.kill();
-                break child.wait().ok();
-            }
-            Ok(None) => sleep_ms(20),
-            Err(_) => break None,
-        }
-    };
+    let (status, timed_out) = harness::processes::wait_or_kill(&mut child, RUN);
     // Children of the run (stapio's `staprun -d`) may hold the terminal a moment longer.
     harness::wait_until(Duration::from_secs(5), || reader.is_finished());
     let stdout = out_reader.join().unwrap_or_default();

@@ -172,3 +172,16 @@ pub fn fixtures_loaded() -> Vec<String> {
         .filter(|m| FIXTURE_MODULES.contains(&m.as_str()))
         .collect()
 }
+
+/// The `seq=` values of the fixture's record lines ("cpu=C n=N seq=S ..."),
+/// in output order.
+pub fn record_seqs<T: std::str::FromStr>(text: &str) -> Vec<T> {
+    text.lines()
+        .filter(|l| l.starts_with("cpu="))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("seq="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}

@@ -68,7 +68,7 @@ pub fn spawn(mut cmd: Command) -> io::Result<Running> {
 
 /// Waits up to `timeout` for `child`, then kills it: its status (`None` if waiting failed)
 /// and whether the timeout struck.
-fn wait_or_kill(child: &mut Child, timeout: Duration) -> (Option<ExitStatus>, bool) {
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> (Option<ExitStatus>, bool) {
     let deadline = Instant::now() + timeout;
     let mut timed_out = false;
     let status = loop {

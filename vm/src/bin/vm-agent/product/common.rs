@@ -151,18 +151,6 @@ pub(crate) fn root_script(path: &str, body: &str) {
     let _ = chown(path, Some(0), Some(0));
 }
 
-/// The `seq=` values of the record lines, in output order.
-pub(crate) fn record_seqs(text: &str) -> Vec<u32> {
-    text.lines()
-        .filter(|l| l.starts_with("cpu="))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("seq="))
-                .and_then(|v| v.parse().ok())
-        })
-        .collect()
-}
-
 /// The numbers of the `pmod: tick N` lines, in output order.
 pub(crate) fn ticks(text: &str) -> Vec<u32> {
     text.lines()

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use super::common::{
     QUICK, RUN, STARTUP, check_no_new_modules, check_run_ended, consecutive, dir_names, log_run,
-    module_snapshot, no_script_output, process_ended, read_text, record_lines, record_seqs,
-    signal_stapio, staprun, staprun_bg, status_field, ticks, user_dir, wait_file_contains,
+    module_snapshot, no_script_output, process_ended, read_text, record_lines, signal_stapio,
+    staprun, staprun_bg, status_field, ticks, user_dir, wait_file_contains,
 };
 use crate::harness::{
-    self, ALICE, END, HELLO, ROOT, Reporter, STAPRUN, command_as, product_installed, publish, run,
+    self, ALICE, END, HELLO, ROOT, Reporter, STAPRUN, command_as, product_installed, publish,
+    record_seqs, run,
 };
 
 pub fn output_options(r: &mut Reporter) {
@@ -118,7 +119,7 @@ pub fn output_options(r: &mut Reporter) {
         );
         kept.push_str(&read_text(&p));
     }
-    let seqs = record_seqs(&kept);
+    let seqs = record_seqs::<u32>(&kept);
     let last = u32::try_from(1 + ncpu * records).unwrap_or(0);
     r.check(
         "S_kept_files_are_the_tail",

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use super::common::{
     RUN, check_full_run, check_no_new_modules, check_run_ended, dir_names, force_unload, log_run,
-    module_snapshot, no_script_output, read_text, record_seqs, root_script, staprun, user_dir,
+    module_snapshot, no_script_output, read_text, root_script, staprun, user_dir,
 };
 use crate::harness::{
-    self, ALICE, END, HELLO, Out, Reporter, STAPRUN, command_as, product_installed, publish, run,
+    self, ALICE, END, HELLO, Out, Reporter, STAPRUN, command_as, product_installed, publish,
+    record_seqs, run,
 };
 
 fn ordering(r: &mut Reporter, module: &str, records: usize) {
@@ -343,7 +344,7 @@ pub fn overrun(r: &mut Reporter) {
         .find(|l| l.starts_with("WARNING:") && l.contains("lost messages"))
         .map(str::to_owned);
     r.check("overrun_loss_warning", warning.is_some(), out.summary());
-    let seqs = record_seqs(&out.stdout);
+    let seqs = record_seqs::<u32>(&out.stdout);
     let with_end = out.stdout.trim_end().ends_with(END);
     let delivered = seqs.len() as u64 + 1 + u64::from(with_end);
     let total = (2 + records * ncpu) as u64;
