@@ -52,7 +52,7 @@ attributes:
 notes:
   - ELF32 and ELF64, either byte order, are read; staprun itself loads only 64-bit
     little-endian modules.
-  - A module without a C(vermagic) entry is an error: staprun refuses such a module.
+  - A module without a C(vermagic) entry is an error, as staprun refuses such a module.
   - staprun(8) describes the vermagic rule (C(man 8 staprun)).
 """
 
