@@ -13,12 +13,15 @@
 //! `bench.startup=N` start-up runs per tool (default 7), `bench.outs=tmpfs,null`,
 //! `bench.modes=serial,bulk`, `bench.reps=3` (runs per max row; the median
 //! stands), `bench.loads=max,r50,r90` (rNN: NN% of the best
-//! throughput either implementation delivered at max, for 4 s).
+//! throughput either implementation delivered at max, for 4 s),
+//! `bench.workloads=fixture,real` (fixture: the pmod rows; real: SystemTap
+//! 4.8 and 5.1 modules, see `real.rs`, run last).
 //!
 //! `throughput.rs` is one run, `ceiling.rs` the guest's copy ceiling, `startup.rs` the
 //! start-up figures; this file drives them.
 
 mod ceiling;
+mod real;
 mod startup;
 mod throughput;
 
@@ -144,9 +147,11 @@ fn bench(r: &mut Reporter) {
     let mib: u64 = param("bench.mib")
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
+    let workloads = list("bench.workloads", "fixture,real");
     let sizes: Vec<u64> = list("bench.sizes", "64,1024,16384")
         .iter()
         .filter_map(|s| s.parse().ok())
+        .filter(|_| workloads.iter().any(|w| w == "fixture"))
         .collect();
     let startup_runs: usize = param("bench.startup")
         .and_then(|s| s.parse().ok())
@@ -319,4 +324,7 @@ fn bench(r: &mut Reporter) {
     }
     let _ = Tool::Ours.activate();
     let _ = fs::remove_file(&dest);
+    if workloads.iter().any(|w| w == "real") {
+        real::real_workloads(r, &tools, &modes);
+    }
 }

@@ -8,6 +8,7 @@
 //! written to `target/bench/report.md` (raw lines: `target/bench/raw-N.txt`; the parsed
 //! results of every guest as JSON: `target/bench/raw.json`, see [`RawResults`]).
 
+mod chart;
 mod report;
 
 use std::fmt::Write as _;
@@ -65,10 +66,42 @@ pub struct Options {
     /// change helped.
     #[arg(long, value_name = "REV")]
     pub baseline: Option<String>,
+    #[command(flatten)]
+    pub real: Box<RealOptions>,
     /// Boot nothing: render the report again from an earlier run's DIR/raw.json, or
     /// DIR/raw-N.txt for an N (in --cpus) it does not hold.
     #[arg(long, value_name = "DIR")]
     pub from_raw: Option<std::path::PathBuf>,
+}
+
+/// Which workloads run, and the real ones' rate sweep (boxed in [`Options`]: the options of
+/// one subcommand are one variant of xtask's command enum).
+#[derive(clap::Args, Clone, Debug)]
+#[group(id = "bench_real_options")]
+pub struct RealOptions {
+    /// Workloads: fixture (the test module pmod, the rows above), real (SystemTap 4.8 and 5.1
+    /// modules, compat/bench_*.stp, at rising rates; see docs/bench.md "Real workloads").
+    #[arg(long, value_delimiter = ',', default_value = "fixture,real")]
+    pub workloads: Vec<String>,
+    /// Real workloads: SystemTap generations (4: built by 4.8, C tools 4.8; 5: 5.1).
+    #[arg(long, default_value = "4,5")]
+    pub gens: String,
+    /// Real workloads: timer (timer.profile on every CPU), event (a tracepoint under a load
+    /// generator).
+    #[arg(long, default_value = "timer,event")]
+    pub real: String,
+    /// Real timer workload: lines per probe hit, one run each (a K=0 run comes first).
+    #[arg(long, default_value = "4,16,64")]
+    pub real_lines: String,
+    /// Real event workload: signals per second per CPU from the load generator (a line each).
+    #[arg(long, default_value = "500,2000,8000,32000")]
+    pub real_rates: String,
+    /// Real workloads: seconds each script runs.
+    #[arg(long, default_value_t = 2)]
+    pub real_secs: u32,
+    /// Real workloads: bytes per line (32-2048).
+    #[arg(long, default_value_t = 1024)]
+    pub real_size: u32,
 }
 
 /// Our stapio as built from `rev` (a throwaway worktree, its own target directory).
@@ -147,6 +180,24 @@ fn rerender(opts: &Options, dir: &Path) -> Result<()> {
     }
     targets_section(&mut text, &targets);
     println!("{text}");
+    let guests: Vec<GuestResults> = opts
+        .cpus
+        .iter()
+        .filter_map(|&c| saved.guests.iter().find(|g| g.cpus == c).cloned())
+        .collect();
+    write_chart(dir, &guests)?;
+    Ok(())
+}
+
+const CHART: &str = "throughput.svg";
+
+/// DIR/throughput.svg from these guests' results (none when they hold nothing to plot).
+fn write_chart(dir: &Path, guests: &[GuestResults]) -> Result<()> {
+    if let Some(svg) = chart::render(guests)? {
+        let path = dir.join(CHART);
+        files::write(&path, svg)?;
+        eprintln!("xtask: chart written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -177,7 +228,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     );
     let _ = writeln!(
         text,
-        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --reps {} --startup {}{}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
+        "Command: `cargo xtask bench --cpus {} --mib {} --sizes {} --tools {} --modes {} --outs {} --loads {} --reps {} --startup {}{} --workloads {} --gens {} --real {} --real-lines {} --real-rates {} --real-secs {} --real-size {}`; guest kernel {} ({}), {} MiB; fixture pmod (4.x transport), alice (stapusr) runs `staprun -o OUT pmod records=N record_size=S [bulk=1] [rate=R]`.\n",
         opts.cpus
             .iter()
             .map(u32::to_string)
@@ -194,6 +245,13 @@ pub fn bench(opts: &Options) -> Result<()> {
         opts.baseline
             .as_ref()
             .map_or(String::new(), |r| format!(" --baseline {r}")),
+        opts.real.workloads.join(","),
+        opts.real.gens,
+        opts.real.real,
+        opts.real.real_lines,
+        opts.real.real_rates,
+        opts.real.real_secs,
+        opts.real.real_size,
         art.kver,
         art.accel,
         opts.mem
@@ -218,9 +276,24 @@ pub fn bench(opts: &Options) -> Result<()> {
             format!("bench.loads={}", opts.loads),
             format!("bench.startup={}", opts.startup),
             format!("bench.reps={}", opts.reps),
+            format!("bench.workloads={}", opts.real.workloads.join(",")),
+            format!("bench.gens={}", opts.real.gens),
+            format!("bench.real={}", opts.real.real),
+            format!("bench.real_lines={}", opts.real.real_lines),
+            format!("bench.real_rates={}", opts.real.real_rates),
+            format!("bench.real_secs={}", opts.real.real_secs),
+            format!("bench.real_size={}", opts.real.real_size),
+            // A soft lockup (the TCG livelock of docs/compat.md) panics the guest, which ends
+            // the boot at once with the lockup on its console, instead of hanging the bench.
+            "softlockup_panic=1".into(),
         ]);
         eprintln!("xtask: bench guest with {cpus} vCPUs ({})", art.accel);
-        let run = vm::boot(&art, &spec)?;
+        let run = vm::boot(&art, &spec).map_err(|e| {
+            format!(
+                "bench guest ({cpus} vCPUs) failed: {e}\n(a soft lockup or a timeout here is most likely the TCG livelock of docs/compat.md; what it measured before is in {})",
+                dir.display()
+            )
+        })?;
         let lines: Vec<&str> = run.events().collect();
         files::write(
             &dir.join(format!("raw-{cpus}.txt")),
@@ -240,6 +313,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             &dir.join(RAW_JSON),
             serde_json::to_string_pretty(&raw)? + "\n",
         )?;
+        write_chart(&dir, &raw.guests)?;
     }
     targets_section(&mut text, &targets);
     let _ = writeln!(text, "\nWall time {:.0} s.", t0.elapsed().as_secs_f64());

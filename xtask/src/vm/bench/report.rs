@@ -23,6 +23,72 @@ pub struct Run {
     pub cpu_s: f64,
     pub payload: u64,
     pub rss_kib: u64,
+    /// Prints per second per CPU of a fixed-rate row (0: max).
+    #[serde(default)]
+    pub rate: u64,
+    /// Seconds from the begin probes having run to the exit of staprun.
+    #[serde(default)]
+    pub secs: f64,
+}
+
+impl Run {
+    /// The payload the module was asked to print over the run's time, MB/s: what was offered
+    /// (at max, a lower bound: the module printed it in less).
+    pub fn offered_mbps(&self) -> f64 {
+        (self.expected * self.size) as f64 / 1e6 / self.secs.max(1e-9)
+    }
+}
+
+/// One `BENCH real` line: a real SystemTap module (`gen` 4: built by 4.8, run with the C
+/// tools 4.8; 5: 5.1) at one offered rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RealRun {
+    pub generation: u32,
+    /// timer (timer.profile on every CPU, `lines` per hit) or event (a tracepoint hit by a
+    /// load generator, `rate` signals per second per CPU, one line each).
+    pub kind: String,
+    pub mode: String,
+    pub tool: String,
+    /// lines per hit (timer; 0 is the session that prints nothing) or rate (event).
+    pub step: u64,
+    pub size: u64,
+    /// The script's own duration (it ends itself after that).
+    pub secs: f64,
+    /// Lines the probes attempted (the module's count, from the kernel log).
+    pub produced: u64,
+    /// Lines found in the output files.
+    pub delivered: u64,
+    pub lost: u64,
+    /// "There were N transport failures" on stderr.
+    pub failures: u64,
+    /// "skipped probes: N" on stderr.
+    pub skipped: u64,
+    pub cpu_s: f64,
+    pub rss_kib: u64,
+    pub exit: String,
+}
+
+impl RealRun {
+    pub fn offered_mbps(&self) -> f64 {
+        (self.produced * self.size) as f64 / 1e6 / self.secs.max(1e-9)
+    }
+
+    pub fn delivered_mbps(&self) -> f64 {
+        (self.delivered * self.size) as f64 / 1e6 / self.secs.max(1e-9)
+    }
+
+    pub fn lost_pct(&self) -> f64 {
+        if self.produced == 0 {
+            0.0
+        } else {
+            100.0 * self.lost as f64 / self.produced as f64
+        }
+    }
+
+    /// "4.x timer", the set of runs it belongs to (with the mode aside).
+    pub fn workload(&self) -> String {
+        format!("{}.x {}", self.generation, self.kind)
+    }
 }
 
 /// The `key=value` words of a line.
@@ -33,7 +99,7 @@ fn kv(line: &str) -> BTreeMap<&str, &str> {
 }
 
 /// Parsed results of one guest.
-#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GuestResults {
     pub cpus: u32,
     pub membw: f64,
@@ -48,6 +114,9 @@ pub struct GuestResults {
     pub splice: String,
     /// ms: all of /proc/kallsyms, up to the four symbols, module sections.
     pub setup: Option<(f64, f64, f64)>,
+    /// The real SystemTap workloads (`BENCH real`), absent from runs before they existed.
+    #[serde(default)]
+    pub real: Vec<RealRun>,
 }
 
 pub fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
@@ -100,6 +169,25 @@ pub fn parse(cpus: u32, lines: &[&str]) -> GuestResults {
                 cpu_s: f("cpu_s"),
                 payload: u("payload"),
                 rss_kib: u("rss_kib"),
+                rate: u("rate"),
+                secs: f("secs"),
+            }),
+            "real" => g.real.push(RealRun {
+                generation: u("gen") as u32,
+                kind: s("kind"),
+                mode: s("mode"),
+                tool: s("tool"),
+                step: u("step"),
+                size: u("size"),
+                secs: f("secs"),
+                produced: u("produced"),
+                delivered: u("delivered"),
+                lost: u("lost"),
+                failures: u("failures"),
+                skipped: u("skipped"),
+                cpu_s: f("cpu_s"),
+                rss_kib: u("rss_kib"),
+                exit: s("exit"),
             }),
             _ => {}
         }
@@ -352,7 +440,178 @@ pub fn report(g: &GuestResults, targets: &mut Vec<String>) -> String {
             ));
         }
     }
+    if !g.real.is_empty() {
+        o.push('\n');
+        real_report(g, &mut o, targets);
+    }
     o
+}
+
+/// The fixed CPU cost of a real session: the `lines=0` timer run of the same generation, mode
+/// and tool.
+fn real_fixed_cpu(g: &GuestResults, r: &RealRun) -> f64 {
+    g.real
+        .iter()
+        .find(|x| {
+            x.kind == "timer"
+                && x.step == 0
+                && x.generation == r.generation
+                && x.mode == r.mode
+                && x.tool == r.tool
+        })
+        .map_or(0.0, |x| x.cpu_s)
+}
+
+fn real_cpu_per_gb(g: &GuestResults, r: &RealRun) -> String {
+    let cpu = r.cpu_s - real_fixed_cpu(g, r);
+    let gb = (r.delivered * r.size) as f64 / 1e9;
+    if gb <= 0.0 || cpu <= 0.0 {
+        "-".into()
+    } else {
+        format!("{:.1}", cpu / gb)
+    }
+}
+
+fn tool_name(t: &str) -> &str {
+    if t == "theirs" { "C" } else { t }
+}
+
+/// The step's parameter as the table shows it.
+fn real_step(r: &RealRun) -> String {
+    match r.kind.as_str() {
+        "timer" => format!("{} lines/hit", r.step),
+        _ => format!("{}/s/CPU", r.step),
+    }
+}
+
+/// The real workloads of one guest: per (SystemTap generation, workload, mode) the highest
+/// rate each tool delivered without loss and what it lost beyond, then every run.
+fn real_report(g: &GuestResults, o: &mut String, targets: &mut Vec<String>) {
+    let _ = writeln!(o, "#### Real SystemTap workloads ({} vCPUs)\n", g.cpus);
+    let _ = writeln!(
+        o,
+        "Modules built by SystemTap 4.8 (4.x, run with the C tools 4.8) and 5.1 (5.x, C tools 5.1) from compat/bench_timer.stp (timer.profile on every CPU printing K lines per hit) and compat/bench_event.stp (tracepoint signal:signal_generate, hit by a load generator in the guest at R signals/s per CPU, one line each); lines of {} bytes, each script ends itself after {} s, output to a tmpfs file. Offered: lines the probes attempted (the module's own count) x size / the script's duration; delivered: lines in the output. Transport failures: what the runtime reports on stderr (\"There were N transport failures\"). CPU s/GB: user+sys of staprun/stapio (wait4) less that of a session printing nothing (timer, K=0), per GB delivered.\n",
+        g.real.first().map_or(0, |r| r.size),
+        g.real.first().map_or(0.0, |r| r.secs)
+    );
+    let mut sets: Vec<(u32, String, String)> = g
+        .real
+        .iter()
+        .map(|r| (r.generation, r.kind.clone(), r.mode.clone()))
+        .collect();
+    sets.sort();
+    sets.dedup();
+    let _ = writeln!(
+        o,
+        "| SystemTap | workload | mode | ours: highest MB/s without loss (below its first loss) | C: highest MB/s without loss (below its first loss) | ours beyond | C beyond | ours CPU s/GB there | C CPU s/GB there |\n|---|---|---|---:|---:|---|---|---:|---:|"
+    );
+    for (generation, kind, mode) in &sets {
+        let runs = |tool: &str| -> Vec<&RealRun> {
+            let mut v: Vec<&RealRun> = g
+                .real
+                .iter()
+                .filter(|r| {
+                    r.generation == *generation
+                        && &r.kind == kind
+                        && &r.mode == mode
+                        && r.tool == tool
+                        && !(r.kind == "timer" && r.step == 0)
+                })
+                .collect();
+            v.sort_by_key(|r| r.step);
+            v
+        };
+        // The steps below the first that lost (a later step can offer less under TCG).
+        let best = |v: &[&RealRun]| -> Option<RealRun> {
+            v.iter()
+                .take_while(|r| r.lost == 0)
+                .filter(|r| r.produced > 0)
+                .max_by(|a, b| a.delivered_mbps().total_cmp(&b.delivered_mbps()))
+                .map(|r| (*r).clone())
+        };
+        let beyond = |v: &[&RealRun]| -> String {
+            match v.iter().find(|r| r.lost > 0) {
+                Some(r) => format!(
+                    "at {:.1} MB/s offered ({}): {:.1} delivered, {} of {} lines lost ({:.1}%), {} transport failures",
+                    r.offered_mbps(),
+                    real_step(r),
+                    r.delivered_mbps(),
+                    r.lost,
+                    r.produced,
+                    r.lost_pct(),
+                    r.failures
+                ),
+                None => "no loss up to the highest rate".into(),
+            }
+        };
+        let (ours, c) = (runs("ours"), runs("theirs"));
+        let (bo, bc) = (best(&ours), best(&c));
+        let cell = |b: &Option<RealRun>| {
+            b.as_ref().map_or("none".into(), |r| {
+                format!("{:.1} ({})", r.delivered_mbps(), real_step(r))
+            })
+        };
+        let cpu = |b: &Option<RealRun>| b.as_ref().map_or("-".into(), |r| real_cpu_per_gb(g, r));
+        let _ = writeln!(
+            o,
+            "| {generation}.x | {kind} | {mode} | {} | {} | {} | {} | {} | {} |",
+            cell(&bo),
+            cell(&bc),
+            beyond(&ours),
+            beyond(&c),
+            cpu(&bo),
+            cpu(&bc)
+        );
+        for r in &ours {
+            if let Some(cr) = c.iter().find(|x| x.step == r.step)
+                && r.lost > 0
+                && cr.lost == 0
+            {
+                targets.push(format!(
+                    "{} vCPUs real {generation}.x {kind} {mode} {}: ours lost {} of {} lines where C lost none",
+                    g.cpus,
+                    real_step(r),
+                    r.lost,
+                    r.produced
+                ));
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nEvery run (the K=0 timer runs give the fixed CPU cost):\n\n| SystemTap | workload | mode | step | tool | offered MB/s | delivered MB/s | lost lines | transport failures | skipped probes | CPU s | CPU s/GB | peak RSS MiB |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut all: Vec<&RealRun> = g.real.iter().collect();
+    all.sort_by(|a, b| {
+        (a.generation, &a.kind, &a.mode, a.step, &a.tool).cmp(&(
+            b.generation,
+            &b.kind,
+            &b.mode,
+            b.step,
+            &b.tool,
+        ))
+    });
+    for r in all {
+        let _ = writeln!(
+            o,
+            "| {}.x | {} | {} | {} | {} | {:.1} | {:.1} | {} of {} | {} | {} | {:.2} | {} | {:.1} |",
+            r.generation,
+            r.kind,
+            r.mode,
+            real_step(r),
+            tool_name(&r.tool),
+            r.offered_mbps(),
+            r.delivered_mbps(),
+            r.lost,
+            r.produced,
+            r.failures,
+            r.skipped,
+            r.cpu_s,
+            real_cpu_per_gb(g, r),
+            r.rss_kib as f64 / 1024.0
+        );
+    }
+    o.push('\n');
 }
 
 pub fn targets_section(text: &mut String, targets: &[String]) {
@@ -395,5 +654,60 @@ mod tests {
         assert_eq!(t.len(), 4, "{t:?}");
         assert!(t.iter().any(|x| x.contains("bulk ours/C 1.25")));
         assert!(t.iter().any(|x| x.contains("lost 3 where C lost none")));
+    }
+
+    #[test]
+    fn real_workloads_give_the_highest_lossless_rate_and_the_loss_beyond() {
+        let run = |tool: &str,
+                   step: u64,
+                   produced: u64,
+                   delivered: u64,
+                   failures: u64,
+                   cpu: f64| {
+            format!(
+                "BENCH real gen=5 kind=timer mode=bulk tool={tool} step={step} lines={step} rate=0 size=1000 secs=2 produced={produced} delivered={delivered} lost={} failures={failures} skipped=0 calls=0 cpu_s={cpu} rss_kib=4096 exit=0",
+                produced - delivered
+            )
+        };
+        let lines = [
+            run("ours", 0, 0, 0, 0, 0.5),
+            run("theirs", 0, 0, 0, 0, 0.4),
+            run("ours", 4, 8000, 8000, 0, 0.6),
+            run("theirs", 4, 8000, 8000, 0, 0.6),
+            run("ours", 16, 32000, 32000, 0, 0.9),
+            run("theirs", 16, 32000, 20000, 7, 1.4),
+            run("ours", 64, 100000, 90000, 3, 1.5),
+            run("theirs", 64, 100000, 30000, 40, 2.0),
+        ];
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let g = parse(2, &lines);
+        assert_eq!(g.real.len(), 8);
+        let mut t = Vec::new();
+        let md = report(&g, &mut t);
+        // ours: 32000 lines of 1000 B in 2 s = 16 MB/s without loss, (0.9-0.5) s / 0.032 GB
+        // = 12.5 s/GB; C: 4 MB/s, (0.6-0.4) / 0.008 = 25 s/GB.
+        assert!(
+            md.contains("| 5.x | timer | bulk | 16.0 (16 lines/hit) | 4.0 (4 lines/hit) | at 50.0 MB/s offered (64 lines/hit): 45.0 delivered, 10000 of 100000 lines lost (10.0%), 3 transport failures | at 16.0 MB/s offered (16 lines/hit): 10.0 delivered, 12000 of 32000 lines lost (37.5%), 7 transport failures | 12.5 | 25.0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 5.x | timer | bulk | 0 lines/hit | C | 0.0 | 0.0 | 0 of 0 | 0 | 0 | 0.40 | - | 4.0 |"), "{md}");
+        assert!(t.is_empty(), "{t:?}");
+        // ours losing where C did not is a missed target.
+        let worse = parse(
+            2,
+            &[
+                lines[0],
+                lines[1],
+                &run("ours", 4, 8000, 7000, 1, 0.6),
+                lines[3],
+            ],
+        );
+        let mut t = Vec::new();
+        report(&worse, &mut t);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(
+            t[0].contains("ours lost 1000 of 8000 lines where C lost none"),
+            "{t:?}"
+        );
     }
 }

@@ -51,7 +51,7 @@ impl RunResult {
 pub(crate) struct Kmsg(fs::File);
 
 impl Kmsg {
-    fn open() -> io::Result<Kmsg> {
+    pub(crate) fn open() -> io::Result<Kmsg> {
         let mut f = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -60,7 +60,7 @@ impl Kmsg {
         Ok(Kmsg(f))
     }
 
-    fn lines(&mut self) -> Vec<String> {
+    pub(crate) fn lines(&mut self) -> Vec<String> {
         let mut v = Vec::new();
         let mut buf = vec![0u8; 8192];
         loop {
