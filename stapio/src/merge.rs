@@ -1,7 +1,9 @@
 //! Serial mode's merge, over whole chunks as the readers hand them over.
 //!
-//! It releases records by (sequence, arrival), waits `gap_timeout` for a
-//! missing sequence number before skipping it (counted as lost), and drops
+//! It releases records by (sequence, arrival), skips a missing sequence
+//! number (counted as lost) as soon as every source holds a later record,
+//! else after `gap_timeout` (a source with nothing queued may still bring
+//! it), and drops
 //! records whose turn has passed (counted as late): exactly what one heap of
 //! every record would release, which a randomized test below compares it
 //! with. It is cheaper per record: a chunk is queued as it came
@@ -37,9 +39,6 @@ impl<C: ChunkData> Piece<'_, C> {
     }
 }
 
-/// Where released payloads go.
-pub type Emit<'a, C, E> = dyn FnMut(Piece<'_, C>) -> Result<(), E> + 'a;
-
 /// A skipped entry (late at arrival, or moved to the stray heap).
 const SKIP: u64 = u64::MAX;
 
@@ -63,12 +62,16 @@ struct Source<C> {
     queue: VecDeque<Queued<C>>,
     /// Sequence of the last record queued here while the queue is not empty.
     last: Option<u64>,
+    /// Arrival ids below this had come when this source last reported an
+    /// empty read (see [`ChunkMerge::empty`]).
+    empty_after: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Stray {
     seq: u64,
     id: u64,
+    src: usize,
     payload: Vec<u8>,
 }
 
@@ -102,6 +105,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 .map(|_| Source {
                     queue: VecDeque::new(),
                     last: None,
+                    empty_after: 0,
                 })
                 .collect(),
             heads: vec![None; sources.max(1)],
@@ -143,6 +147,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 self.stray.push(Reverse(Stray {
                     seq,
                     id: id + i as u64,
+                    src,
                     payload: chunk.buf()[s.payload()].to_vec(),
                 }));
                 seqs.push(SKIP);
@@ -169,6 +174,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     }
 
     /// The head of `src`: (sequence, arrival id), dropping spent chunks.
+    #[inline]
     fn head(&mut self, src: usize) -> Option<(u64, u64)> {
         let s = &mut self.sources[src];
         loop {
@@ -188,6 +194,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     }
 
     /// The least (sequence, arrival) held, and where it is.
+    #[inline]
     fn min(&self) -> Option<(u64, u64, From)> {
         let mut best: Option<(u64, u64, From)> = None;
         for (src, h) in self.heads.iter().enumerate() {
@@ -205,9 +212,50 @@ impl<C: ChunkData> ChunkMerge<C> {
         best
     }
 
+    /// `source` found its relay file empty at a read begun after every
+    /// record pushed so far had come: a sequence number missing before one
+    /// of those cannot be in it (the module gives a record its number and
+    /// writes it at once).
+    pub fn empty(&mut self, source: usize) {
+        let src = source.min(self.sources.len() - 1);
+        self.sources[src].empty_after = self.next_id;
+    }
+
+    /// Whether no source can bring a record before the least held, whose
+    /// arrival id is `min_id`: each holds a record (every CPU's records come
+    /// in sequence order), or found its relay file empty after that record
+    /// came. A gap is then skipped at once; otherwise after the gap timeout.
+    fn all_past(&self, min_id: u64) -> bool {
+        self.heads.iter().enumerate().all(|(src, h)| {
+            h.is_some()
+                || self.sources[src].empty_after > min_id
+                || self.stray.iter().any(|Reverse(s)| s.src == src)
+        })
+    }
+
+    /// While a gap is held for the timeout: the sources that hold nothing
+    /// and have not reported an empty read since the least held record
+    /// came (asking their readers to look is what can end the wait early).
+    pub fn waiting_on(&self) -> impl Iterator<Item = usize> + '_ {
+        let min = self
+            .min()
+            .filter(|(seq, _, _)| self.expected.is_some_and(|e| *seq > e));
+        (0..self.sources.len()).filter(move |src| {
+            min.is_some_and(|(_, id, _)| {
+                self.heads[*src].is_none()
+                    && self.sources[*src].empty_after <= id
+                    && !self.stray.iter().any(|Reverse(s)| s.src == *src)
+            })
+        })
+    }
+
     /// Give the record at `from` (the current minimum) to `emit` (or
     /// drop it), and move past it.
-    fn take<E>(&mut self, from: From, emit: Option<&mut Emit<'_, C, E>>) -> Result<(), E> {
+    #[inline]
+    fn take<E, F>(&mut self, from: From, emit: Option<&mut F>) -> Result<(), E>
+    where
+        F: FnMut(Piece<'_, C>) -> Result<(), E>,
+    {
         match from {
             From::Stray => {
                 let Some(Reverse(s)) = self.stray.pop() else {
@@ -237,9 +285,12 @@ impl<C: ChunkData> ChunkMerge<C> {
 
     /// Release what is in order now to `emit`; after `gap_timeout` without
     /// the missing sequence, skip to the lowest one held.
-    pub fn ready<E>(&mut self, now: Instant, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
+    pub fn ready<E, F>(&mut self, now: Instant, emit: &mut F) -> Result<(), E>
+    where
+        F: FnMut(Piece<'_, C>) -> Result<(), E>,
+    {
         loop {
-            let Some((min, _, from)) = self.min() else {
+            let Some((min, min_id, from)) = self.min() else {
                 self.gap_since = None;
                 return Ok(());
             };
@@ -255,14 +306,16 @@ impl<C: ChunkData> ChunkMerge<C> {
                 }
             };
             if min < expected {
-                self.take(from, None)?;
+                self.take(from, None::<&mut F>)?;
                 self.stats.late += 1;
                 continue;
             }
             if min > expected {
-                let since = *self.gap_since.get_or_insert(now);
-                if now.duration_since(since) < self.gap_timeout {
-                    return Ok(());
+                if !self.all_past(min_id) {
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.gap_timeout {
+                        return Ok(());
+                    }
                 }
                 self.stats.lost += min - expected;
             }
@@ -280,7 +333,11 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// `src` are the next sequence numbers and come before everything
     /// held elsewhere, release them without looking at the other sources
     /// for each (one CPU, or a CPU printing a burst).
-    fn run_from<E>(&mut self, src: usize, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
+    #[inline]
+    fn run_from<E, F>(&mut self, src: usize, emit: &mut F) -> Result<(), E>
+    where
+        F: FnMut(Piece<'_, C>) -> Result<(), E>,
+    {
         if self.heads[src].map(|h| h.0) != self.expected {
             return Ok(());
         }
@@ -298,24 +355,50 @@ impl<C: ChunkData> ChunkMerge<C> {
         {
             bound = Some((s.seq, s.id));
         }
+        // A chunk at a time: walk its records while they are the next
+        // numbers and below the bound, then look at the source's head again
+        // (the next chunk, past skipped entries).
         while let Some((seq, id)) = self.heads[src] {
             if Some(seq) != self.expected || bound.is_some_and(|b| (seq, id) >= b) {
                 break;
             }
-            self.expected = Some(seq + 1);
-            self.stats.delivered += 1;
-            self.take(From::Source(src), Some(&mut *emit))?;
+            let Some(q) = self.sources[src].queue.front_mut() else {
+                break;
+            };
+            let spans = q.chunk.spans();
+            let (mut e, mut pos) = (seq, q.pos);
+            let mut r = Ok(());
+            while let Some(&s) = q.seqs.get(pos) {
+                if s != e || bound.is_some_and(|b| (s, q.id + pos as u64) >= b) {
+                    break;
+                }
+                let span = spans[pos];
+                pos += 1;
+                e += 1;
+                r = emit(Piece::Chunk(&q.chunk, span.payload()));
+                if r.is_err() {
+                    break;
+                }
+            }
+            self.stats.delivered += pos as u64 - q.pos as u64;
+            q.pos = pos;
+            self.expected = Some(e);
+            self.heads[src] = self.head(src);
+            r?;
         }
         Ok(())
     }
 
     /// At the end: everything held, in order, gaps counted as lost.
-    pub fn finish<E>(&mut self, emit: &mut Emit<'_, C, E>) -> Result<(), E> {
+    pub fn finish<E, F>(&mut self, emit: &mut F) -> Result<(), E>
+    where
+        F: FnMut(Piece<'_, C>) -> Result<(), E>,
+    {
         while let Some((seq, _, from)) = self.min() {
             if settle(&mut self.stats, &mut self.expected, seq) {
                 self.take(from, Some(&mut *emit))?;
             } else {
-                self.take(from, None)?;
+                self.take(from, None::<&mut F>)?;
             }
         }
         Ok(())

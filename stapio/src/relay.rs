@@ -28,8 +28,13 @@ use crate::signals::{self, Signals};
 pub const READ_CHUNK: usize = 256 * 1024;
 /// Serial mode: read on into the same buffer while this much is free.
 const MIN_TAIL: usize = 64 * 1024;
-/// Chunks of records in flight between the readers and the merger.
-const CHANNEL_DEPTH: usize = 64;
+/// Serial mode: buffers per reader (the one it reads into and those the
+/// merger holds). A reader whose buffers are all with the merger waits for
+/// one to come back, and the module's relay buffer holds the backlog.
+pub const POOL: usize = 4;
+/// Serial mode: small payloads copied together are written once this many
+/// bytes are gathered.
+const STAGED_MAX: usize = 256 * 1024;
 
 /// How often the merger looks at gap timeouts and SIGUSR2 when idle.
 const MERGE_TICK: Duration = Duration::from_millis(50);
@@ -158,6 +163,11 @@ enum Sink {
         source: usize,
         back: Sender<(Vec<u8>, Vec<Span>)>,
         spare: Receiver<(Vec<u8>, Vec<Span>)>,
+        /// Buffers made so far (at most [`POOL`]).
+        made: usize,
+        /// Set by the merger when it waits on a gap and this source has
+        /// nothing queued: an empty read begun after it is reported.
+        probe: Arc<[AtomicBool]>,
     },
     Bulk(Output),
 }
@@ -179,6 +189,12 @@ impl Pump {
         // cleanly.
         let mut sinks = Vec::with_capacity(relays.len());
         let mut merger = None;
+        // One wake-up pipe per reader: (its end, the pump's end).
+        let mut pipes = Vec::with_capacity(relays.len());
+        for _ in &relays {
+            let (r, w) = sys::pipe_nonblocking().map_err(Error::Thread)?;
+            pipes.push((std::fs::File::from(r), std::fs::File::from(w)));
+        }
         if cfg.bulk {
             for (cpu, _) in &relays {
                 let out = Output::open(
@@ -191,7 +207,13 @@ impl Pump {
             }
         } else {
             let out = Output::open(cfg.naming.clone(), Stream::Serial, stdout, rotations)?;
-            let (tx, rx) = mpsc::sync_channel(CHANNEL_DEPTH);
+            let (tx, rx) = mpsc::sync_channel(POOL * relays.len());
+            let probe: Arc<[AtomicBool]> = relays.iter().map(|_| AtomicBool::new(false)).collect();
+            let kicks = pipes
+                .iter()
+                .map(|(_, w)| w.try_clone())
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(Error::Thread)?;
             for source in 0..relays.len() {
                 let (back, spare) = mpsc::channel();
                 sinks.push(Sink::Merge {
@@ -199,6 +221,9 @@ impl Pump {
                     source,
                     back,
                     spare,
+                    // The parser's first buffer.
+                    made: 1,
+                    probe: probe.clone(),
                 });
             }
             drop(tx);
@@ -211,7 +236,7 @@ impl Pump {
                     .spawn(move || {
                         signals::block_in_this_thread();
                         let m = ChunkMerge::new(sources, from_start, gap);
-                        let r = merge_thread(rx, m, out, &sig);
+                        let r = merge_thread(rx, m, out, &sig, &probe, kicks);
                         if r.is_err() {
                             fl.store(true, Ordering::SeqCst);
                         }
@@ -229,18 +254,11 @@ impl Pump {
             signals: signals.clone(),
             rotations_seen: rotations,
         };
-        for ((cpu, relay), sink) in relays.into_iter().zip(sinks) {
+        for (((cpu, relay), sink), (wake, kick)) in relays.into_iter().zip(sinks).zip(pipes) {
             let stop = pump.stop.clone();
             let failed = pump.failed.clone();
             let sig = signals.clone();
             let g = cfg.generation;
-            let (wake, kick) = match sys::pipe_nonblocking() {
-                Ok((r, w)) => (std::fs::File::from(r), std::fs::File::from(w)),
-                Err(e) => {
-                    pump.close(Close::Kill);
-                    return Err(Error::Thread(e));
-                }
-            };
             pump.wake.push(kick);
             let waiter = Waiter {
                 timeout: cfg.reader_timeout,
@@ -397,6 +415,12 @@ fn reader_thread(
         // runs dry (or the room runs low): fewer, larger chunks for the
         // merger (each hand-over wakes another thread).
         let accumulating = matches!(sink, Sink::Merge { .. }) && !spans.is_empty();
+        // Asked whether this CPU has anything before a gap: this read
+        // begins after the question.
+        let probed = match &sink {
+            Sink::Merge { probe, source, .. } => probe[*source].swap(false, Ordering::SeqCst),
+            Sink::Bulk(_) => false,
+        };
         let read = |room: &mut [u8]| {
             let ask = room.len().min(READ_CHUNK);
             relay.read(&mut room[..ask])
@@ -430,7 +454,7 @@ fn reader_thread(
                 Sink::Merge { .. } => {}
             }
         }
-        if !hand_over(&mut sink, &mut parser, &mut spans) {
+        if !hand_over(&mut sink, &mut parser, &mut spans, stop) {
             // The merger stopped (it reports why).
             break;
         }
@@ -439,6 +463,9 @@ fn reader_thread(
         }
         if let Sink::Bulk(out) = &mut sink {
             out.flush()?;
+        }
+        if probed && !report_empty(&sink) {
+            break;
         }
         // Detaching, or the module has said EXIT (after flushing its
         // buffers): an empty read means there is nothing left.
@@ -453,7 +480,7 @@ fn reader_thread(
     }
     // Records read but not handed over yet (the loop ended on a cap).
     if stop.load(Ordering::SeqCst) != KILL {
-        hand_over(&mut sink, &mut parser, &mut spans);
+        hand_over(&mut sink, &mut parser, &mut spans, stop);
     }
     parser.finish();
     end.lost_bytes = parser.stats.resync_bytes;
@@ -465,14 +492,17 @@ fn reader_thread(
 }
 
 /// Serial mode: give the records parsed so far (and the buffer they lie
-/// in) to the merger, and go on in a buffer it returned. False if the
-/// merger has stopped.
-fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>) -> bool {
+/// in) to the merger, and go on in a buffer it returned (a new one while
+/// fewer than [`POOL`] exist; else it waits for one). False if the merger
+/// has stopped, or the pump is killed while waiting.
+fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>, stop: &AtomicU8) -> bool {
     let Sink::Merge {
         tx,
         source,
         back,
         spare,
+        made,
+        ..
     } = sink
     else {
         return true;
@@ -480,7 +510,9 @@ fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>) -> boo
     if spans.is_empty() {
         return true;
     }
-    let (fresh, fresh_spans) = take_spare(spare);
+    let Some((fresh, fresh_spans)) = take_spare(spare, made, stop) else {
+        return false;
+    };
     let buf = parser.swap_buffer(fresh);
     let chunk = Chunk {
         source: *source,
@@ -489,6 +521,24 @@ fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>) -> boo
         back: back.clone(),
     };
     tx.send(chunk).is_ok()
+}
+
+/// Serial mode: tell the merger that this CPU's relay file was empty (a
+/// chunk without records). False if the merger has stopped.
+fn report_empty(sink: &Sink) -> bool {
+    let Sink::Merge {
+        tx, source, back, ..
+    } = sink
+    else {
+        return true;
+    };
+    let marker = Chunk {
+        source: *source,
+        buf: Vec::new(),
+        spans: Vec::new(),
+        back: back.clone(),
+    };
+    tx.send(marker).is_ok()
 }
 
 /// How a reader waits for data: up to `-T` (without one, for data only),
@@ -513,16 +563,33 @@ impl Waiter {
     }
 }
 
-/// A buffer the merger returned (the channel is the pool: it holds at
-/// most what the merger held at once), or an empty one.
-fn take_spare(spare: &Receiver<(Vec<u8>, Vec<Span>)>) -> (Vec<u8>, Vec<Span>) {
-    match spare.try_recv() {
-        Ok((buf, mut spans)) => {
-            spans.clear();
-            (buf, spans)
+/// A buffer the merger returned, or an empty one (the parser allocates
+/// it) while fewer than [`POOL`] were made, or else the first to come
+/// back. `None` if the pump is killed meanwhile.
+fn take_spare(
+    spare: &Receiver<(Vec<u8>, Vec<Span>)>,
+    made: &mut usize,
+    stop: &AtomicU8,
+) -> Option<(Vec<u8>, Vec<Span>)> {
+    let got = match spare.try_recv() {
+        Ok(b) => b,
+        Err(_) if *made < POOL => {
+            *made += 1;
+            return Some(Default::default());
         }
-        Err(_) => Default::default(),
-    }
+        Err(_) => loop {
+            match spare.recv_timeout(MERGE_TICK) {
+                Ok(b) => break b,
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::SeqCst) != KILL => {}
+                // Killed; or every buffer was dropped (cannot happen while
+                // this reader holds a sender).
+                Err(_) => return None,
+            }
+        },
+    };
+    let (buf, mut spans) = got;
+    spans.clear();
+    Some((buf, spans))
 }
 
 /// Bulk mode: write the records read, each run of adjacent records (no
@@ -624,7 +691,14 @@ impl Release {
                         mark = 0;
                     }
                 }
-                p => staged.extend_from_slice(p.bytes()),
+                p => {
+                    staged.extend_from_slice(p.bytes());
+                    if staged.len() >= STAGED_MAX {
+                        parts.push(Part::Staged(mark..staged.len()));
+                        write_parts(out, staged, parts)?;
+                        mark = 0;
+                    }
+                }
             }
             Ok(())
         };
@@ -664,6 +738,8 @@ fn merge_thread(
     mut merger: ChunkMerge<Held>,
     mut out: Output,
     signals: &Signals,
+    probe: &[AtomicBool],
+    mut kicks: Vec<std::fs::File>,
 ) -> Result<MergerEnd, Error> {
     let mut release = Release {
         per_record: out.size_limited(),
@@ -672,6 +748,11 @@ fn merge_thread(
     };
     let take =
         |merger: &mut ChunkMerge<Held>, release: &mut Release, c: Chunk, out: &mut Output| {
+            if c.spans.is_empty() {
+                // A reader found its relay file empty.
+                merger.empty(c.source);
+                return release.run(merger, out, false);
+            }
             merger.push(
                 c.source,
                 Held {
@@ -700,6 +781,16 @@ fn merge_thread(
         release.run(&mut merger, &mut out, false)?;
         // Nothing more queued: show what we have (interactive use).
         out.flush()?;
+        // A gap waits on CPUs with nothing queued: ask their readers to
+        // look, so that it is skipped as soon as they find nothing.
+        for src in merger.waiting_on() {
+            if let (Some(p), Some(k)) = (probe.get(src), kicks.get_mut(src))
+                && !p.swap(true, Ordering::SeqCst)
+            {
+                // Non-blocking: a full pipe already holds a wake-up.
+                let _ = k.write(&[1]);
+            }
+        }
     }
     release.run(&mut merger, &mut out, true)?;
     out.finish()?;

@@ -54,9 +54,13 @@ fn lines(out: &[Vec<u8>]) -> Vec<String> {
 }
 
 /// The rule in its plainest form: one heap of every record, ordered by
-/// (sequence, arrival).
+/// (sequence, arrival); a gap is skipped at once when every source has a
+/// record in it.
 struct HeapMerger<T> {
-    heap: BinaryHeap<Reverse<(u64, u64, T)>>,
+    heap: BinaryHeap<Reverse<(u64, u64, usize, T)>>,
+    sources: usize,
+    /// Per source: arrival ids below this had come at its last empty read.
+    empty_after: Vec<u64>,
     next_id: u64,
     expected: Option<u64>,
     last_seen: Option<u64>,
@@ -66,9 +70,11 @@ struct HeapMerger<T> {
 }
 
 impl<T: Ord> HeapMerger<T> {
-    fn new(from_start: bool, gap_timeout: Duration) -> Self {
+    fn new(sources: usize, from_start: bool, gap_timeout: Duration) -> Self {
         HeapMerger {
             heap: BinaryHeap::new(),
+            sources,
+            empty_after: vec![0; sources],
             next_id: 0,
             expected: from_start.then_some(1),
             last_seen: None,
@@ -78,20 +84,24 @@ impl<T: Ord> HeapMerger<T> {
         }
     }
 
-    fn push(&mut self, s: u32, item: T) {
+    fn push(&mut self, s: u32, src: usize, item: T) {
         let seq = unwrap_sequence(self.expected.or(self.last_seen), s);
         if self.expected.is_some_and(|e| seq < e) {
             self.stats.late += 1;
             return;
         }
         self.last_seen = Some(seq);
-        self.heap.push(Reverse((seq, self.next_id, item)));
+        self.heap.push(Reverse((seq, self.next_id, src, item)));
         self.next_id += 1;
+    }
+
+    fn empty(&mut self, src: usize) {
+        self.empty_after[src] = self.next_id;
     }
 
     fn ready(&mut self, now: Instant, out: &mut Vec<T>) {
         loop {
-            let Some(min) = self.heap.peek().map(|Reverse(h)| h.0) else {
+            let Some((min, min_id)) = self.heap.peek().map(|Reverse(h)| (h.0, h.1)) else {
                 self.gap_since = None;
                 return;
             };
@@ -111,13 +121,18 @@ impl<T: Ord> HeapMerger<T> {
                 continue;
             }
             if min > expected {
-                let since = *self.gap_since.get_or_insert(now);
-                if now.duration_since(since) < self.gap_timeout {
-                    return;
+                let all_past = (0..self.sources).all(|src| {
+                    self.empty_after[src] > min_id || self.heap.iter().any(|Reverse(h)| h.2 == src)
+                });
+                if !all_past {
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.gap_timeout {
+                        return;
+                    }
                 }
                 self.stats.lost += min - expected;
             }
-            let Some(Reverse((seq, _, item))) = self.heap.pop() else {
+            let Some(Reverse((seq, _, _, item))) = self.heap.pop() else {
                 return;
             };
             self.expected = Some(seq + 1);
@@ -128,7 +143,7 @@ impl<T: Ord> HeapMerger<T> {
     }
 
     fn finish(&mut self, out: &mut Vec<T>) {
-        while let Some(Reverse((seq, _, item))) = self.heap.pop() {
+        while let Some(Reverse((seq, _, _, item))) = self.heap.pop() {
             if settle(&mut self.stats, &mut self.expected, seq) {
                 out.push(item);
             }
@@ -159,7 +174,8 @@ fn finish_seqs(m: &mut ChunkMerge<TestChunk>) -> Vec<u32> {
 #[test]
 fn orders_and_counts_gaps() {
     let t0 = Instant::now();
-    let mut m = ChunkMerge::new(1, true, Duration::from_millis(100));
+    // Source 1 has nothing queued: it may still bring 3.
+    let mut m = ChunkMerge::new(2, true, Duration::from_millis(100));
     m.push(0, chunk(&[2, 1, 4]));
     let mut out = ready_seqs(&mut m, t0);
     assert_eq!(out, [1, 2]);
@@ -175,6 +191,15 @@ fn orders_and_counts_gaps() {
     out.extend(ready_seqs(&mut m, t0 + Duration::from_millis(400)));
     assert_eq!(out.len(), 3);
     assert_eq!(m.stats.late, 1);
+}
+
+#[test]
+fn a_gap_every_source_is_past_is_skipped_at_once() {
+    let t0 = Instant::now();
+    let mut m = ChunkMerge::new(1, true, Duration::from_secs(60));
+    m.push(0, chunk(&[1, 2, 4, 7]));
+    assert_eq!(ready_seqs(&mut m, t0), [1, 2, 4, 7]);
+    assert_eq!((m.stats.lost, m.stats.late), (3, 0));
 }
 
 #[test]
@@ -295,7 +320,7 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
                 st.swap(i, i + 1);
             }
         }
-        let mut reference: HeapMerger<String> = HeapMerger::new(from_start, gap);
+        let mut reference: HeapMerger<String> = HeapMerger::new(sources, from_start, gap);
         let mut ours: ChunkMerge<TestChunk> = ChunkMerge::new(sources, from_start, gap);
         let (mut want, mut got) = (Vec::new(), Vec::<Vec<u8>>::new());
         let t0 = Instant::now();
@@ -308,9 +333,20 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
                 let part = &streams[src][pos[src]..pos[src] + n];
                 pos[src] += n;
                 for s in part {
-                    reference.push(*s, format!("{s} {src}"));
+                    reference.push(*s, src, format!("{s} {src}"));
                 }
                 ours.push(src, chunk_of(part, src));
+                if seed == 1 {
+                    eprintln!("push {src} {part:?}");
+                }
+            }
+            if rng.below(5) == 0 {
+                let src = rng.below(sources as u64) as usize;
+                reference.empty(src);
+                ours.empty(src);
+                if seed == 1 {
+                    eprintln!("empty {src}");
+                }
             }
             if rng.below(3) == 0 {
                 now += Duration::from_millis(rng.below(120));
@@ -340,39 +376,41 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
 }
 
 #[test]
-fn interleaved_sources_come_out_in_order_and_a_gap_waits() {
+fn interleaved_sources_come_out_in_order_and_a_gap_waits_for_an_empty_source() {
     let gap = Duration::from_secs(2);
     let mut m: ChunkMerge<TestChunk> = ChunkMerge::new(2, true, gap);
     m.push(0, chunk(&[1, 3, 5, 8]));
-    m.push(1, chunk(&[2, 4, 6, 9]));
-    let mut got = Vec::new();
+    m.push(1, chunk(&[2, 4, 6, 9, 11]));
     let t0 = Instant::now();
-    m.ready(t0, &mut |p: Piece<'_, TestChunk>| -> Result<(), ()> {
-        got.push(p.bytes().to_vec());
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(text(&got), [1, 2, 3, 4, 5, 6]);
-    // 7 is missing: nothing more until the gap timeout.
-    m.ready(t0 + Duration::from_secs(1), &mut |p: Piece<
-        '_,
-        TestChunk,
-    >|
-     -> Result<(), ()> {
-        got.push(p.bytes().to_vec());
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(got.len(), 6);
-    m.ready(t0 + Duration::from_secs(4), &mut |p: Piece<
-        '_,
-        TestChunk,
-    >|
-     -> Result<(), ()> {
-        got.push(p.bytes().to_vec());
-        Ok(())
-    })
-    .unwrap();
-    assert_eq!(text(&got), [1, 2, 3, 4, 5, 6, 8, 9]);
+    // 7 is missing, but both sources are past it: skipped at once. Then
+    // 10 is missing and source 0 has nothing queued: 11 waits.
+    assert_eq!(ready_seqs(&mut m, t0), [1, 2, 3, 4, 5, 6, 8, 9]);
+    assert_eq!(m.stats.lost, 1);
+    assert!(ready_seqs(&mut m, t0 + Duration::from_secs(1)).is_empty());
+    m.push(0, chunk(&[12]));
+    assert_eq!(ready_seqs(&mut m, t0 + Duration::from_secs(1)), [11, 12]);
+    assert_eq!(m.stats.lost, 2);
+    // 13 and 14 are missing and source 0 has nothing queued: the timeout.
+    m.push(1, chunk(&[15]));
+    let t1 = t0 + Duration::from_secs(5);
+    assert!(ready_seqs(&mut m, t1).is_empty());
+    assert!(ready_seqs(&mut m, t1 + Duration::from_secs(1)).is_empty());
+    assert_eq!(ready_seqs(&mut m, t1 + Duration::from_secs(3)), [15]);
+    assert_eq!(m.stats.lost, 4);
+}
+
+#[test]
+fn an_empty_read_after_the_gap_ends_the_wait() {
+    let t0 = Instant::now();
+    let mut m: ChunkMerge<TestChunk> = ChunkMerge::new(2, true, Duration::from_secs(60));
+    // An empty read reported before 3 came says nothing about 2.
+    m.empty(1);
+    m.push(0, chunk_of(&[1, 3], 0));
+    assert_eq!(ready_seqs(&mut m, t0), [1]);
+    assert_eq!(m.waiting_on().collect::<Vec<_>>(), [1]);
+    // Source 1 found nothing after 3 came: 2 is lost.
+    m.empty(1);
+    assert_eq!(m.waiting_on().count(), 0);
+    assert_eq!(ready_seqs(&mut m, t0), [3]);
     assert_eq!(m.stats.lost, 1);
 }

@@ -107,3 +107,139 @@ fn bulk_runs_leave_out_skipped_garbage() {
     assert_eq!(p.stats.resync_bytes, 8);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A relay whose bytes a test adds while the pump runs.
+struct MemRelay(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Relay for MemRelay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut b = self.0.lock().unwrap();
+        let n = b.len().min(buf.len());
+        buf[..n].copy_from_slice(&b[..n]);
+        b.drain(..n);
+        Ok(n)
+    }
+    fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if !self.0.lock().unwrap().is_empty() {
+                return Ok(true);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok(false)
+    }
+}
+
+/// CPU 0 lost sequence 3 (the module spent the number); CPU 1 prints
+/// nothing and its reader has no poll timeout. The merge asks CPU 1's
+/// reader to look, and skips the gap when it finds nothing: 4 and 5 are
+/// written long before the gap timeout.
+#[test]
+fn a_gap_is_skipped_once_an_idle_cpu_has_looked() {
+    let g = Generation::V4;
+    let d = std::env::temp_dir().join(format!("stapio-idle-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let mut bytes = Vec::new();
+    for seq in [1u32, 2, 4, 5] {
+        encode_record(g, seq, format!("{seq}\n").as_bytes(), &mut bytes);
+    }
+    let busy = Arc::new(std::sync::Mutex::new(bytes));
+    let idle = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let relays: Vec<(usize, Box<dyn Relay>)> =
+        vec![(0, Box::new(MemRelay(busy))), (1, Box::new(MemRelay(idle)))];
+    let cfg = PumpConfig {
+        generation: g,
+        bulk: false,
+        attach: false,
+        reader_timeout: None,
+        merge_gap: Duration::from_secs(600),
+        naming: Naming {
+            pattern: Some(format!("{}/out", d.display())),
+            rotation: None,
+        },
+        pin: false,
+    };
+    let mut pump = Pump::start(relays, &cfg, None, Signals::new()).unwrap();
+    pump.kick();
+    let t0 = Instant::now();
+    while std::fs::read(d.join("out")).unwrap() != b"1\n2\n4\n5\n" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the gap is still held"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (stats, err) = pump.close(Close::Drain);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!((stats.records, stats.lost_messages), (4, 1));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Two CPUs printing with numbers spent on dropped records, one CPU
+/// stopping early: everything printed arrives, in order, without the merge
+/// waiting out gap timeouts (600 s here) or spinning.
+#[test]
+fn gaps_while_printing_cost_no_timeouts() {
+    let g = Generation::V4;
+    let d = std::env::temp_dir().join(format!("stapio-gaps-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let cpus: Vec<Arc<std::sync::Mutex<Vec<u8>>>> = (0..2)
+        .map(|_| Arc::new(std::sync::Mutex::new(Vec::new())))
+        .collect();
+    let relays: Vec<(usize, Box<dyn Relay>)> = cpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, Box::new(MemRelay(c.clone())) as Box<dyn Relay>))
+        .collect();
+    let cfg = PumpConfig {
+        generation: g,
+        bulk: false,
+        attach: false,
+        reader_timeout: None,
+        merge_gap: Duration::from_secs(600),
+        naming: Naming {
+            pattern: Some(format!("{}/out", d.display())),
+            rotation: None,
+        },
+        pin: false,
+    };
+    let mut pump = Pump::start(relays, &cfg, None, Signals::new()).unwrap();
+    pump.kick();
+    let t0 = Instant::now();
+    let mut want = Vec::new();
+    let total = 300_000u32;
+    for seq in 1..=total {
+        let cpu = if seq > total * 3 / 5 {
+            1
+        } else {
+            (seq / 3 % 2) as usize
+        };
+        if seq % 7 == 0 {
+            continue;
+        }
+        let payload = format!("{seq:>63}\n");
+        want.extend_from_slice(payload.as_bytes());
+        let mut rec = Vec::new();
+        encode_record(g, seq, payload.as_bytes(), &mut rec);
+        cpus[cpu].lock().unwrap().extend_from_slice(&rec);
+        if seq % 4096 == 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    while std::fs::metadata(d.join("out")).unwrap().len() < want.len() as u64 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "a gap is held");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (stats, err) = pump.close(Close::Drain);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(std::fs::read(d.join("out")).unwrap(), want);
+    assert_eq!(stats.lost_messages, u64::from(total / 7));
+    eprintln!(
+        "{:?}; merger CPU {:?}, readers {:?}",
+        t0.elapsed(),
+        stats.merger_cpu,
+        stats.reader_cpu
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
