@@ -15,7 +15,9 @@
 //! - `install [--prefix P] [--destdir D] [--layout 755|775]`: staprun 04110 root:stapusr, stapio
 //!   0755 (built with the prefix's paths), groups, blessed directory, man pages, completions;
 //!   `uninstall` removes them (see docs/admin.md).
-//! - `dist`: man pages (checked with groff) and completions into target/dist/.
+//! - `dist`: man pages (checked with groff), completions and the fleet collection tarball
+//!   (`ansible-galaxy collection build`) into target/dist/.
+//! - `fleet-test`: the staprun.fleet Ansible collection against three Debian guests (docs/fleet.md).
 //! - `deb`: target/dist/staprun-rs_<version>_<arch>.deb (dpkg-deb from a staged tree).
 //! - `vm-install-test [-- <libtest args>]`: vm-prepare, deb, a --destdir install, then
 //!   `cargo test -p vm --test install` (the package and the install in a guest).
@@ -127,6 +129,14 @@ enum Cmd {
     },
     /// The guest suite on every kernel of the matrix (6.1, 6.12, 7.x): a kernel x scenario table.
     Matrix(vm::matrix::Options),
+    /// The staprun.fleet Ansible collection run with ansible-core against three Debian guests (docs/fleet.md).
+    FleetTest {
+        #[command(flatten)]
+        opts: vm::Options,
+        /// Only the collection's host-side checks (its unit tests and local smoke test), no guests.
+        #[arg(long)]
+        host_checks: bool,
+    },
     /// compat-prepare, then relay throughput and start-up, ours vs the C stapio, in 2- and 4-vCPU guests.
     Bench(vm::bench::Options),
 }
@@ -156,6 +166,13 @@ fn main() -> ExitCode {
         Cmd::Matrix(opts) => vm::matrix::matrix(opts),
         Cmd::Fuzz { seconds } => dev::fuzz::run(*seconds),
         Cmd::Bench(opts) => vm::bench::bench(opts),
+        Cmd::FleetTest { opts, host_checks } => {
+            if *host_checks {
+                vm::fleet::host_checks()
+            } else {
+                vm::fleet::fleet_test(opts)
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::cmd;
 use crate::error::{Result, bail};
 use crate::pkg::{deb, debtest, dist, install};
-use crate::vm::{self, compat, debian, install_test, run};
+use crate::vm::{self, compat, debian, fleet, install_test, run};
 
 /// Runs every stage (so one report shows everything), failing if any failed.
 pub fn test_all(opts: &vm::Options) -> Result<()> {
@@ -55,6 +55,9 @@ pub fn test_all(opts: &vm::Options) -> Result<()> {
     });
     stage("deb coexistence (chroot)", &mut debtest::deb_test);
     stage("vm suite", &mut || run::vm_test(opts, false, &[]));
+    stage("ansible collection (unit tests, local smoke)", &mut || {
+        fleet::host_checks()
+    });
     stage("vm install", &mut || {
         install_test::vm_install_test(opts, true, &[])
     });

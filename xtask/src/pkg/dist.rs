@@ -378,7 +378,43 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
     files::write(path, data)
 }
 
-/// `cargo xtask dist`: man pages (checked) and completions into target/dist/.
+/// The `staprun.fleet` Ansible collection (ansible/) as target/dist/staprun-fleet-VERSION.tar.gz,
+/// built by `ansible-galaxy collection build`. ansible-core is installed with apt when
+/// `ansible-galaxy` is missing (as root; otherwise this fails, naming the command to run).
+pub fn collection() -> Result<PathBuf> {
+    if vm::which("ansible-galaxy").is_none() {
+        let mut apt = crate::apt::Apt { updated: false };
+        apt.install(
+            &["ansible-core".to_owned()],
+            "ansible-galaxy missing (the fleet collection tarball)",
+        )?;
+        if vm::which("ansible-galaxy").is_none() {
+            bail!("ansible-galaxy is still missing after installing ansible-core");
+        }
+    }
+    let src = cmd::workspace_root().join("ansible");
+    let version = files::read_to_string(&src.join("galaxy.yml"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("version:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or("ansible/galaxy.yml has no version")?;
+    let out = dist_dir();
+    files::mkdir(&out)?;
+    let tarball = out.join(format!("staprun-fleet-{version}.tar.gz"));
+    let sh = cmd::shell()?;
+    cmd::output(cmd!(
+        sh,
+        "ansible-galaxy collection build --force --output-path {out} {src}"
+    ))?;
+    if !tarball.is_file() {
+        bail!("ansible-galaxy did not write {}", tarball.display());
+    }
+    eprintln!("xtask: {}", tarball.display());
+    Ok(tarball)
+}
+
+/// `cargo xtask dist`: man pages (checked), completions and the fleet collection into
+/// target/dist/.
 pub fn dist(paths: &Paths) -> Result<()> {
     let out = dist_dir();
     for program in [Program::Staprun, Program::Stapio] {
@@ -406,6 +442,7 @@ pub fn dist(paths: &Paths) -> Result<()> {
         write(&p, &data)?;
         eprintln!("xtask: {}", p.display());
     }
+    collection()?;
     Ok(())
 }
 

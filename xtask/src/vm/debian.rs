@@ -36,7 +36,7 @@ use crate::pkg::{deb, dist};
 use crate::vm::{compat, release_bin};
 
 /// Written into the root when it is complete; a new recipe needs a new text.
-const STAMP: &str = ".staprun-rs-debian-guest";
+pub(crate) const STAMP: &str = ".staprun-rs-debian-guest";
 
 /// The stap command lines whose modules are compiled into bob's stap cache at image build:
 /// the guest's tests run the same lines, so stap finds the same cache entries.
@@ -96,6 +96,11 @@ fn clean_stale(d: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The root file system (for `fleet-test`, which builds its guests' root from a copy).
+pub(crate) fn guest_root(kver: &str) -> Result<PathBuf> {
+    root(kver)
 }
 
 /// The root file system, built when missing or of another recipe.

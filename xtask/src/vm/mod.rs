@@ -9,6 +9,7 @@ pub mod compat;
 pub mod cpio;
 pub mod debian;
 mod fixture;
+pub mod fleet;
 mod initramfs;
 pub mod install_test;
 pub mod kernel;

@@ -198,7 +198,8 @@ class ReadModinfo(unittest.TestCase):
 
 def real_modules():
     """Real SystemTap modules a previous `cargo xtask` run left (read only), if any."""
-    roots = [os.environ.get("STAP_MODINFO_REAL_KO_DIR", ""), "/work/main/target"]
+    repo = os.path.normpath(os.path.join(HERE, "..", "..", "..", "..", ".."))
+    roots = [os.environ.get("STAP_MODINFO_REAL_KO_DIR", ""), os.path.join(repo, "target")]
     found = []
     for root in filter(None, roots):
         found += glob.glob(os.path.join(root, "debian-guest", "share", "*.ko"))
@@ -210,7 +211,7 @@ class RealModule(unittest.TestCase):
     def test_real_module(self):
         paths = real_modules()
         if not paths:
-            self.skipTest("no real .ko under /work/main/target")
+            self.skipTest("no real .ko under target/ (run cargo xtask vm-prepare)")
         for path in paths:
             facts = sm.read_file(path)
             self.assertEqual(facts["name"], "pmod", path)
