@@ -42,6 +42,9 @@ impl<C: ChunkData> Piece<'_, C> {
 /// A skipped entry (late at arrival, or moved to the stray heap).
 const SKIP: u64 = u64::MAX;
 
+/// The head of a source that holds nothing (above every record's).
+const EMPTY: (u64, u64) = (SKIP, SKIP);
+
 /// A chunk as a reader hands it over. Dropping it gives the buffers back
 /// (see `relay.rs`).
 pub trait ChunkData {
@@ -85,8 +88,8 @@ enum From {
 pub struct ChunkMerge<C: ChunkData> {
     sources: Vec<Source<C>>,
     /// The head of each source's queue: (sequence, arrival), kept current
-    /// as records are queued and taken.
-    heads: Vec<Option<(u64, u64)>>,
+    /// as records are queued and taken; `EMPTY` when it holds nothing.
+    heads: Vec<(u64, u64)>,
     stray: BinaryHeap<Reverse<Stray>>,
     next_id: u64,
     expected: Option<u64>,
@@ -108,7 +111,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                     empty_after: 0,
                 })
                 .collect(),
-            heads: vec![None; sources.max(1)],
+            heads: vec![EMPTY; sources.max(1)],
             stray: BinaryHeap::new(),
             next_id: 0,
             expected: from_start.then_some(1),
@@ -165,7 +168,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 id,
                 pos: 0,
             });
-            if self.heads[src].is_none() {
+            if self.heads[src] == EMPTY {
                 self.heads[src] = self.head(src);
             }
         } else {
@@ -173,17 +176,19 @@ impl<C: ChunkData> ChunkMerge<C> {
         }
     }
 
-    /// The head of `src`: (sequence, arrival id), dropping spent chunks.
-    #[inline]
-    fn head(&mut self, src: usize) -> Option<(u64, u64)> {
+    /// The head of `src`: (sequence, arrival id), dropping spent chunks;
+    /// `EMPTY` when it holds nothing.
+    fn head(&mut self, src: usize) -> (u64, u64) {
         let s = &mut self.sources[src];
         loop {
-            let q = s.queue.front_mut()?;
+            let Some(q) = s.queue.front_mut() else {
+                return EMPTY;
+            };
             while q.pos < q.seqs.len() && q.seqs[q.pos] == SKIP {
                 q.pos += 1;
             }
             if q.pos < q.seqs.len() {
-                return Some((q.seqs[q.pos], q.id + q.pos as u64));
+                return (q.seqs[q.pos], q.id + q.pos as u64);
             }
             let done = s.queue.pop_front().expect("front exists");
             self.spare_seqs.push(done.seqs);
@@ -197,10 +202,8 @@ impl<C: ChunkData> ChunkMerge<C> {
     #[inline]
     fn min(&self) -> Option<(u64, u64, From)> {
         let mut best: Option<(u64, u64, From)> = None;
-        for (src, h) in self.heads.iter().enumerate() {
-            if let Some((seq, id)) = *h
-                && best.is_none_or(|(bs, bi, _)| (seq, id) < (bs, bi))
-            {
+        for (src, &(seq, id)) in self.heads.iter().enumerate() {
+            if seq != SKIP && best.is_none_or(|(bs, bi, _)| (seq, id) < (bs, bi)) {
                 best = Some((seq, id, From::Source(src)));
             }
         }
@@ -227,7 +230,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// came. A gap is then skipped at once; otherwise after the gap timeout.
     fn all_past(&self, min_id: u64) -> bool {
         self.heads.iter().enumerate().all(|(src, h)| {
-            h.is_some()
+            h.0 != SKIP
                 || self.sources[src].empty_after > min_id
                 || self.stray.iter().any(|Reverse(s)| s.src == src)
         })
@@ -242,7 +245,7 @@ impl<C: ChunkData> ChunkMerge<C> {
             .filter(|(seq, _, _)| self.expected.is_some_and(|e| *seq > e));
         (0..self.sources.len()).filter(move |src| {
             min.is_some_and(|(_, id, _)| {
-                self.heads[*src].is_none()
+                self.heads[*src] == EMPTY
                     && self.sources[*src].empty_after <= id
                     && !self.stray.iter().any(|Reverse(s)| s.src == *src)
             })
@@ -290,6 +293,7 @@ impl<C: ChunkData> ChunkMerge<C> {
         F: FnMut(Piece<'_, C>) -> Result<(), E>,
     {
         loop {
+            self.release_runs(emit)?;
             let Some((min, min_id, from)) = self.min() else {
                 self.gap_since = None;
                 return Ok(());
@@ -323,70 +327,68 @@ impl<C: ChunkData> ChunkMerge<C> {
             self.gap_since = None;
             self.stats.delivered += 1;
             self.take(from, Some(&mut *emit))?;
-            if let From::Source(src) = from {
-                self.run_from(src, emit)?;
-            }
         }
     }
 
-    /// After a record of `src` was released: while the next records of
-    /// `src` are the next sequence numbers and come before everything
-    /// held elsewhere, release them without looking at the other sources
-    /// for each (one CPU, or a CPU printing a burst).
+    /// The common case, ahead of the general step in [`ChunkMerge::ready`]:
+    /// while exactly one source's head is the expected number and every
+    /// other record held is later, release it and the records after it in
+    /// its chunk that are the next numbers and below every other held one
+    /// (what the general step would release one by one). Stops at anything
+    /// else (a gap, a late or duplicate record, a source with nothing
+    /// queued, or not started yet) for the general step to decide.
     #[inline]
-    fn run_from<E, F>(&mut self, src: usize, emit: &mut F) -> Result<(), E>
+    fn release_runs<E, F>(&mut self, emit: &mut F) -> Result<(), E>
     where
         F: FnMut(Piece<'_, C>) -> Result<(), E>,
     {
-        if self.heads[src].map(|h| h.0) != self.expected {
+        let Some(mut e) = self.expected else {
             return Ok(());
-        }
-        let mut bound: Option<(u64, u64)> = None;
-        for (other, h) in self.heads.iter().enumerate() {
-            if other != src
-                && let Some(h) = *h
-                && bound.is_none_or(|b| h < b)
-            {
-                bound = Some(h);
+        };
+        // The stray heap does not change here.
+        let stray = self.stray.peek().map_or(SKIP, |Reverse(s)| s.seq);
+        loop {
+            // The one source whose head is `e`, and the least other head.
+            let (mut src, mut bound) = (usize::MAX, stray);
+            for (i, &(seq, _)) in self.heads.iter().enumerate() {
+                if seq == e && src == usize::MAX {
+                    src = i;
+                } else {
+                    bound = bound.min(seq);
+                }
             }
-        }
-        if let Some(Reverse(s)) = self.stray.peek()
-            && bound.is_none_or(|b| (s.seq, s.id) < b)
-        {
-            bound = Some((s.seq, s.id));
-        }
-        // A chunk at a time: walk its records while they are the next
-        // numbers and below the bound, then look at the source's head again
-        // (the next chunk, past skipped entries).
-        while let Some((seq, id)) = self.heads[src] {
-            if Some(seq) != self.expected || bound.is_some_and(|b| (seq, id) >= b) {
-                break;
+            if bound <= e {
+                return Ok(());
             }
-            let Some(q) = self.sources[src].queue.front_mut() else {
-                break;
+            let Some(q) = self.sources.get_mut(src).and_then(|s| s.queue.front_mut()) else {
+                return Ok(());
             };
-            let spans = q.chunk.spans();
-            let (mut e, mut pos) = (seq, q.pos);
+            let (start, first) = (q.pos, e);
             let mut r = Ok(());
-            while let Some(&s) = q.seqs.get(pos) {
-                if s != e || bound.is_some_and(|b| (s, q.id + pos as u64) >= b) {
+            let (seqs, spans) = (&q.seqs[start..], &q.chunk.spans()[start..]);
+            for (&seq, span) in seqs.iter().zip(spans) {
+                if seq != e || e >= bound {
                     break;
                 }
-                let span = spans[pos];
-                pos += 1;
                 e += 1;
                 r = emit(Piece::Chunk(&q.chunk, span.payload()));
                 if r.is_err() {
                     break;
                 }
             }
-            self.stats.delivered += pos as u64 - q.pos as u64;
+            let pos = start + (e - first) as usize;
             q.pos = pos;
+            let next = q.seqs.get(pos).copied().filter(|&s| s != SKIP);
+            let next = next.map(|s| (s, q.id + pos as u64));
+            self.stats.delivered += (pos - start) as u64;
             self.expected = Some(e);
-            self.heads[src] = self.head(src);
+            self.gap_since = None;
+            self.heads[src] = match next {
+                Some(h) => h,
+                None => self.head(src),
+            };
             r?;
         }
-        Ok(())
     }
 
     /// At the end: everything held, in order, gaps counted as lost.

@@ -414,3 +414,31 @@ fn an_empty_read_after_the_gap_ends_the_wait() {
     assert_eq!(ready_seqs(&mut m, t0), [3]);
     assert_eq!(m.stats.lost, 1);
 }
+
+#[test]
+fn a_failed_write_consumes_its_record_and_the_next_call_goes_on() {
+    let mut m: ChunkMerge<TestChunk> = ChunkMerge::new(2, true, Duration::from_secs(60));
+    m.push(0, chunk_of(&[1, 2, 3, 6], 0));
+    m.push(1, chunk_of(&[4, 5, 7], 1));
+    let mut got = Vec::new();
+    let mut n = 0;
+    let r = m.ready(Instant::now(), &mut |p: Piece<'_, TestChunk>| {
+        n += 1;
+        if n == 2 {
+            return Err(());
+        }
+        got.push(p.bytes().to_vec());
+        Ok(())
+    });
+    assert_eq!(r, Err(()));
+    assert_eq!(m.stats.delivered, 2);
+    assert_eq!(m.buffered(), 5);
+    got.extend({
+        let mut more = Vec::new();
+        m.ready(Instant::now(), &mut emit_into(&mut more)).unwrap();
+        more
+    });
+    assert_eq!(lines(&got), ["1 0", "3 0", "4 1", "5 1", "6 0", "7 1"]);
+    assert_eq!(m.stats.delivered, 7);
+    assert_eq!((m.stats.lost, m.stats.late), (0, 0));
+}
