@@ -1,9 +1,10 @@
 //! Serial mode's merge, over whole chunks as the readers hand them over.
 //!
 //! It releases records by (sequence, arrival), skips a missing sequence
-//! number (counted as lost) as soon as every source holds a later record,
-//! else after `gap_timeout` (a source with nothing queued may still bring
-//! it), and drops
+//! number (counted as lost) as soon as every source holds a later record or
+//! found its relay file empty at a read begun [`EMPTY_SETTLE`] after that
+//! record came, else after `gap_timeout` (a source with nothing queued may
+//! still bring it), and drops
 //! records whose turn has passed (counted as late): exactly what one heap of
 //! every record would release, which a randomized test below compares it
 //! with. It is cheaper per record: a chunk is queued as it came
@@ -39,6 +40,15 @@ impl<C: ChunkData> Piece<'_, C> {
     }
 }
 
+/// How long after a record came an empty read of another source must begin
+/// to show that a sequence number missing before the record is not on its
+/// way from there. A module takes a record's number and then writes it; a
+/// CPU (or, under emulation or a loaded host, its virtual CPU or the
+/// writing thread) can stop in between, so an empty read right after a
+/// later record came proves nothing. One empty read covers every record
+/// that came this long before it.
+pub const EMPTY_SETTLE: Duration = Duration::from_millis(50);
+
 /// A skipped entry (late at arrival, or moved to the stray heap).
 const SKIP: u64 = u64::MAX;
 
@@ -58,6 +68,8 @@ struct Queued<C> {
     seqs: Vec<u64>,
     /// Arrival id of span 0 (span i arrived as `id + i`).
     id: u64,
+    /// When it came.
+    at: Instant,
     pos: usize,
 }
 
@@ -65,15 +77,16 @@ struct Source<C> {
     queue: VecDeque<Queued<C>>,
     /// Sequence of the last record queued here while the queue is not empty.
     last: Option<u64>,
-    /// Arrival ids below this had come when this source last reported an
-    /// empty read (see [`ChunkMerge::empty`]).
-    empty_after: u64,
+    /// The latest question answered by an empty read of this source's relay
+    /// file: the read began after it (see [`ChunkMerge::empty`]).
+    empty_probe: Option<Instant>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Stray {
     seq: u64,
     id: u64,
+    at: Instant,
     src: usize,
     payload: Vec<u8>,
 }
@@ -96,6 +109,7 @@ pub struct ChunkMerge<C: ChunkData> {
     last_seen: Option<u64>,
     gap_since: Option<Instant>,
     gap_timeout: Duration,
+    settle: Duration,
     spare_seqs: Vec<Vec<u64>>,
     pub stats: MergeStats,
 }
@@ -108,7 +122,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 .map(|_| Source {
                     queue: VecDeque::new(),
                     last: None,
-                    empty_after: 0,
+                    empty_probe: None,
                 })
                 .collect(),
             heads: vec![EMPTY; sources.max(1)],
@@ -118,9 +132,16 @@ impl<C: ChunkData> ChunkMerge<C> {
             last_seen: None,
             gap_since: None,
             gap_timeout,
+            settle: EMPTY_SETTLE,
             spare_seqs: Vec::new(),
             stats: MergeStats::default(),
         }
+    }
+
+    /// Another settle time than [`EMPTY_SETTLE`] (tests).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     fn unwrap(&self, seq: u32) -> u64 {
@@ -130,6 +151,11 @@ impl<C: ChunkData> ChunkMerge<C> {
     /// Queue a chunk of `source` (sources past the number given to
     /// [`ChunkMerge::new`] share the last one).
     pub fn push(&mut self, source: usize, chunk: C) {
+        self.push_at(source, chunk, Instant::now());
+    }
+
+    /// [`ChunkMerge::push`] of a chunk that came at `at`.
+    pub fn push_at(&mut self, source: usize, chunk: C, at: Instant) {
         let src = source.min(self.sources.len() - 1);
         let n = chunk.spans().len();
         let mut seqs = self.spare_seqs.pop().unwrap_or_default();
@@ -150,6 +176,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 self.stray.push(Reverse(Stray {
                     seq,
                     id: id + i as u64,
+                    at,
                     src,
                     payload: chunk.buf()[s.payload()].to_vec(),
                 }));
@@ -166,6 +193,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 chunk: Rc::new(chunk),
                 seqs,
                 id,
+                at,
                 pos: 0,
             });
             if self.heads[src] == EMPTY {
@@ -215,39 +243,61 @@ impl<C: ChunkData> ChunkMerge<C> {
         best
     }
 
-    /// `source` found its relay file empty at a read begun after every
-    /// record pushed so far had come: a sequence number missing before one
-    /// of those cannot be in it (the module gives a record its number and
-    /// writes it at once).
-    pub fn empty(&mut self, source: usize) {
+    /// `source` found its relay file empty at a read begun after
+    /// `probed_at` (when the merger asked its reader to look).
+    pub fn empty(&mut self, source: usize, probed_at: Instant) {
         let src = source.min(self.sources.len() - 1);
-        self.sources[src].empty_after = self.next_id;
+        let e = &mut self.sources[src].empty_probe;
+        if e.is_none_or(|p| p < probed_at) {
+            *e = Some(probed_at);
+        }
     }
 
-    /// Whether no source can bring a record before the least held, whose
-    /// arrival id is `min_id`: each holds a record (every CPU's records come
-    /// in sequence order), or found its relay file empty after that record
-    /// came. A gap is then skipped at once; otherwise after the gap timeout.
-    fn all_past(&self, min_id: u64) -> bool {
-        self.heads.iter().enumerate().all(|(src, h)| {
-            h.0 != SKIP
-                || self.sources[src].empty_after > min_id
-                || self.stray.iter().any(|Reverse(s)| s.src == src)
-        })
+    /// When the record at `from` came.
+    fn arrived(&self, from: From) -> Option<Instant> {
+        match from {
+            From::Source(src) => self.sources[src].queue.front().map(|q| q.at),
+            From::Stray => self.stray.peek().map(|Reverse(s)| s.at),
+        }
     }
 
-    /// While a gap is held for the timeout: the sources that hold nothing
-    /// and have not reported an empty read since the least held record
-    /// came (asking their readers to look is what can end the wait early).
-    pub fn waiting_on(&self) -> impl Iterator<Item = usize> + '_ {
-        let min = self
+    /// Whether source `src` holds no record but found its relay file empty
+    /// at a read begun `settle` after `at`.
+    fn empty_since(&self, src: usize, at: Instant) -> bool {
+        self.sources[src]
+            .empty_probe
+            .is_some_and(|p| p >= at + self.settle)
+    }
+
+    fn holds_stray(&self, src: usize) -> bool {
+        self.stray.iter().any(|Reverse(s)| s.src == src)
+    }
+
+    /// Whether no source can bring a record before the least held, which
+    /// came at `at`: each holds a record (every CPU's records come in
+    /// sequence order), or found its relay file empty at a read begun
+    /// `settle` after that record came. A gap is then skipped at once;
+    /// otherwise after the gap timeout.
+    fn all_past(&self, at: Instant) -> bool {
+        self.heads
+            .iter()
+            .enumerate()
+            .all(|(src, h)| h.0 != SKIP || self.empty_since(src, at) || self.holds_stray(src))
+    }
+
+    /// While a gap is held, from `settle` after its least held record
+    /// came: the sources that hold nothing and have not found their relay
+    /// file empty since (asking their readers to look, at `now`, is what
+    /// can end the wait early).
+    pub fn waiting_on(&self, now: Instant) -> impl Iterator<Item = usize> + '_ {
+        let at = self
             .min()
-            .filter(|(seq, _, _)| self.expected.is_some_and(|e| *seq > e));
+            .filter(|(seq, _, _)| self.expected.is_some_and(|e| *seq > e))
+            .and_then(|(_, _, from)| self.arrived(from))
+            .filter(|at| now >= *at + self.settle);
         (0..self.sources.len()).filter(move |src| {
-            min.is_some_and(|(_, id, _)| {
-                self.heads[*src] == EMPTY
-                    && self.sources[*src].empty_after <= id
-                    && !self.stray.iter().any(|Reverse(s)| s.src == *src)
+            at.is_some_and(|at| {
+                self.heads[*src] == EMPTY && !self.empty_since(*src, at) && !self.holds_stray(*src)
             })
         })
     }
@@ -294,7 +344,7 @@ impl<C: ChunkData> ChunkMerge<C> {
     {
         loop {
             self.release_runs(emit)?;
-            let Some((min, min_id, from)) = self.min() else {
+            let Some((min, _, from)) = self.min() else {
                 self.gap_since = None;
                 return Ok(());
             };
@@ -315,7 +365,7 @@ impl<C: ChunkData> ChunkMerge<C> {
                 continue;
             }
             if min > expected {
-                if !self.all_past(min_id) {
+                if !self.arrived(from).is_some_and(|at| self.all_past(at)) {
                     let since = *self.gap_since.get_or_insert(now);
                     if now.duration_since(since) < self.gap_timeout {
                         return Ok(());

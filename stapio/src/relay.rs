@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -155,6 +155,30 @@ struct Chunk {
     buf: Vec<u8>,
     spans: Vec<Span>,
     back: Sender<(Vec<u8>, Vec<Span>)>,
+    /// A chunk without records: the relay file was empty at a read begun
+    /// after the merger's question stamped this (see [`Probes`]).
+    probe: u64,
+}
+
+/// The merger's questions to the serial readers, one per source: 0 for
+/// none, else when it was asked (microseconds after `base`, plus one). A
+/// reader takes it before a read and, if the read finds nothing, answers
+/// with an empty chunk carrying the stamp it took, so an answer is never
+/// credited with a later question than the one it answers.
+struct Probes {
+    base: std::time::Instant,
+    asked: Vec<AtomicU64>,
+}
+
+impl Probes {
+    fn stamp(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_micros()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    fn when(&self, stamp: u64) -> std::time::Instant {
+        self.base + Duration::from_micros(stamp.saturating_sub(1))
+    }
 }
 
 enum Sink {
@@ -167,7 +191,7 @@ enum Sink {
         made: usize,
         /// Set by the merger when it waits on a gap and this source has
         /// nothing queued: an empty read begun after it is reported.
-        probe: Arc<[AtomicBool]>,
+        probe: Arc<Probes>,
     },
     Bulk(Output),
 }
@@ -208,7 +232,10 @@ impl Pump {
         } else {
             let out = Output::open(cfg.naming.clone(), Stream::Serial, stdout, rotations)?;
             let (tx, rx) = mpsc::sync_channel(POOL * relays.len());
-            let probe: Arc<[AtomicBool]> = relays.iter().map(|_| AtomicBool::new(false)).collect();
+            let probe = Arc::new(Probes {
+                base: std::time::Instant::now(),
+                asked: relays.iter().map(|_| AtomicU64::new(0)).collect(),
+            });
             let kicks = pipes
                 .iter()
                 .map(|(_, w)| w.try_clone())
@@ -418,8 +445,8 @@ fn reader_thread(
         // Asked whether this CPU has anything before a gap: this read
         // begins after the question.
         let probed = match &sink {
-            Sink::Merge { probe, source, .. } => probe[*source].swap(false, Ordering::SeqCst),
-            Sink::Bulk(_) => false,
+            Sink::Merge { probe, source, .. } => probe.asked[*source].swap(0, Ordering::SeqCst),
+            Sink::Bulk(_) => 0,
         };
         let read = |room: &mut [u8]| {
             let ask = room.len().min(READ_CHUNK);
@@ -464,7 +491,7 @@ fn reader_thread(
         if let Sink::Bulk(out) = &mut sink {
             out.flush()?;
         }
-        if probed && !report_empty(&sink) {
+        if probed != 0 && !report_empty(&sink, probed) {
             break;
         }
         // Detaching, or the module has said EXIT (after flushing its
@@ -519,13 +546,14 @@ fn hand_over(sink: &mut Sink, parser: &mut Parser, spans: &mut Vec<Span>, stop: 
         buf,
         spans: std::mem::replace(spans, fresh_spans),
         back: back.clone(),
+        probe: 0,
     };
     tx.send(chunk).is_ok()
 }
 
 /// Serial mode: tell the merger that this CPU's relay file was empty (a
 /// chunk without records). False if the merger has stopped.
-fn report_empty(sink: &Sink) -> bool {
+fn report_empty(sink: &Sink, probe: u64) -> bool {
     let Sink::Merge {
         tx, source, back, ..
     } = sink
@@ -537,6 +565,7 @@ fn report_empty(sink: &Sink) -> bool {
         buf: Vec::new(),
         spans: Vec::new(),
         back: back.clone(),
+        probe,
     };
     tx.send(marker).is_ok()
 }
@@ -738,7 +767,7 @@ fn merge_thread(
     mut merger: ChunkMerge<Held>,
     mut out: Output,
     signals: &Signals,
-    probe: &[AtomicBool],
+    probe: &Probes,
     mut kicks: Vec<std::fs::File>,
 ) -> Result<MergerEnd, Error> {
     let mut release = Release {
@@ -750,7 +779,7 @@ fn merge_thread(
         |merger: &mut ChunkMerge<Held>, release: &mut Release, c: Chunk, out: &mut Output| {
             if c.spans.is_empty() {
                 // A reader found its relay file empty.
-                merger.empty(c.source);
+                merger.empty(c.source, probe.when(c.probe));
                 return release.run(merger, out, false);
             }
             merger.push(
@@ -783,9 +812,12 @@ fn merge_thread(
         out.flush()?;
         // A gap waits on CPUs with nothing queued: ask their readers to
         // look, so that it is skipped as soon as they find nothing.
-        for src in merger.waiting_on() {
-            if let (Some(p), Some(k)) = (probe.get(src), kicks.get_mut(src))
-                && !p.swap(true, Ordering::SeqCst)
+        let now = std::time::Instant::now();
+        for src in merger.waiting_on(now) {
+            // A newer stamp replaces a question not yet taken: the read that
+            // takes it begins after now.
+            if let (Some(p), Some(k)) = (probe.asked.get(src), kicks.get_mut(src))
+                && p.swap(probe.stamp(now), Ordering::SeqCst) == 0
             {
                 // Non-blocking: a full pipe already holds a wake-up.
                 let _ = k.write(&[1]);

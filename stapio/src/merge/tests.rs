@@ -55,12 +55,17 @@ fn lines(out: &[Vec<u8>]) -> Vec<String> {
 
 /// The rule in its plainest form: one heap of every record, ordered by
 /// (sequence, arrival); a gap is skipped at once when every source has a
-/// record in it.
+/// record in it or found its relay file empty `settle` after the least
+/// record came.
+/// (sequence, arrival id, arrival time, source, record).
+type Entry<T> = (u64, u64, Instant, usize, T);
+
 struct HeapMerger<T> {
-    heap: BinaryHeap<Reverse<(u64, u64, usize, T)>>,
+    heap: BinaryHeap<Reverse<Entry<T>>>,
     sources: usize,
-    /// Per source: arrival ids below this had come at its last empty read.
-    empty_after: Vec<u64>,
+    /// Per source: the latest question its empty read answered.
+    empty_probe: Vec<Option<Instant>>,
+    settle: Duration,
     next_id: u64,
     expected: Option<u64>,
     last_seen: Option<u64>,
@@ -70,11 +75,12 @@ struct HeapMerger<T> {
 }
 
 impl<T: Ord> HeapMerger<T> {
-    fn new(sources: usize, from_start: bool, gap_timeout: Duration) -> Self {
+    fn new(sources: usize, from_start: bool, gap_timeout: Duration, settle: Duration) -> Self {
         HeapMerger {
             heap: BinaryHeap::new(),
             sources,
-            empty_after: vec![0; sources],
+            empty_probe: vec![None; sources],
+            settle,
             next_id: 0,
             expected: from_start.then_some(1),
             last_seen: None,
@@ -84,24 +90,25 @@ impl<T: Ord> HeapMerger<T> {
         }
     }
 
-    fn push(&mut self, s: u32, src: usize, item: T) {
+    fn push(&mut self, s: u32, src: usize, item: T, at: Instant) {
         let seq = unwrap_sequence(self.expected.or(self.last_seen), s);
         if self.expected.is_some_and(|e| seq < e) {
             self.stats.late += 1;
             return;
         }
         self.last_seen = Some(seq);
-        self.heap.push(Reverse((seq, self.next_id, src, item)));
+        self.heap.push(Reverse((seq, self.next_id, at, src, item)));
         self.next_id += 1;
     }
 
-    fn empty(&mut self, src: usize) {
-        self.empty_after[src] = self.next_id;
+    fn empty(&mut self, src: usize, probed_at: Instant) {
+        let e = &mut self.empty_probe[src];
+        *e = Some(e.map_or(probed_at, |p| p.max(probed_at)));
     }
 
     fn ready(&mut self, now: Instant, out: &mut Vec<T>) {
         loop {
-            let Some((min, min_id)) = self.heap.peek().map(|Reverse(h)| (h.0, h.1)) else {
+            let Some((min, min_at)) = self.heap.peek().map(|Reverse(h)| (h.0, h.2)) else {
                 self.gap_since = None;
                 return;
             };
@@ -122,7 +129,8 @@ impl<T: Ord> HeapMerger<T> {
             }
             if min > expected {
                 let all_past = (0..self.sources).all(|src| {
-                    self.empty_after[src] > min_id || self.heap.iter().any(|Reverse(h)| h.2 == src)
+                    self.empty_probe[src].is_some_and(|p| p >= min_at + self.settle)
+                        || self.heap.iter().any(|Reverse(h)| h.3 == src)
                 });
                 if !all_past {
                     let since = *self.gap_since.get_or_insert(now);
@@ -132,7 +140,7 @@ impl<T: Ord> HeapMerger<T> {
                 }
                 self.stats.lost += min - expected;
             }
-            let Some(Reverse((seq, _, _, item))) = self.heap.pop() else {
+            let Some(Reverse((seq, _, _, _, item))) = self.heap.pop() else {
                 return;
             };
             self.expected = Some(seq + 1);
@@ -143,7 +151,7 @@ impl<T: Ord> HeapMerger<T> {
     }
 
     fn finish(&mut self, out: &mut Vec<T>) {
-        while let Some(Reverse((seq, _, _, item))) = self.heap.pop() {
+        while let Some(Reverse((seq, _, _, _, item))) = self.heap.pop() {
             if settle(&mut self.stats, &mut self.expected, seq) {
                 out.push(item);
             }
@@ -296,6 +304,7 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
         let sources = 1 + rng.below(4) as usize;
         let from_start = rng.below(4) != 0;
         let gap = Duration::from_millis(100);
+        let settle = Duration::from_millis(rng.below(3) * 20);
         let base: u32 = if rng.below(3) == 0 { u32::MAX - 50 } else { 0 };
         let total = 20 + rng.below(200) as u32;
         // Deal sequence numbers to sources in increasing order, then
@@ -320,8 +329,9 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
                 st.swap(i, i + 1);
             }
         }
-        let mut reference: HeapMerger<String> = HeapMerger::new(sources, from_start, gap);
-        let mut ours: ChunkMerge<TestChunk> = ChunkMerge::new(sources, from_start, gap);
+        let mut reference: HeapMerger<String> = HeapMerger::new(sources, from_start, gap, settle);
+        let mut ours: ChunkMerge<TestChunk> =
+            ChunkMerge::new(sources, from_start, gap).with_settle(settle);
         let (mut want, mut got) = (Vec::new(), Vec::<Vec<u8>>::new());
         let t0 = Instant::now();
         let mut now = t0;
@@ -333,17 +343,17 @@ fn releases_exactly_what_one_heap_of_all_records_releases() {
                 let part = &streams[src][pos[src]..pos[src] + n];
                 pos[src] += n;
                 for s in part {
-                    reference.push(*s, src, format!("{s} {src}"));
+                    reference.push(*s, src, format!("{s} {src}"), now);
                 }
-                ours.push(src, chunk_of(part, src));
+                ours.push_at(src, chunk_of(part, src), now);
                 if seed == 1 {
                     eprintln!("push {src} {part:?}");
                 }
             }
             if rng.below(5) == 0 {
                 let src = rng.below(sources as u64) as usize;
-                reference.empty(src);
-                ours.empty(src);
+                reference.empty(src, now);
+                ours.empty(src, now);
                 if seed == 1 {
                     eprintln!("empty {src}");
                 }
@@ -400,18 +410,28 @@ fn interleaved_sources_come_out_in_order_and_a_gap_waits_for_an_empty_source() {
 }
 
 #[test]
-fn an_empty_read_after_the_gap_ends_the_wait() {
+fn an_empty_read_begun_settle_after_the_gap_ends_the_wait() {
     let t0 = Instant::now();
-    let mut m: ChunkMerge<TestChunk> = ChunkMerge::new(2, true, Duration::from_secs(60));
-    // An empty read reported before 3 came says nothing about 2.
-    m.empty(1);
-    m.push(0, chunk_of(&[1, 3], 0));
+    let settle = Duration::from_millis(50);
+    let mut m: ChunkMerge<TestChunk> =
+        ChunkMerge::new(2, true, Duration::from_secs(60)).with_settle(settle);
+    // An empty read before 3 came says nothing about 2.
+    m.empty(1, t0);
+    m.push_at(0, chunk_of(&[1, 3], 0), t0);
     assert_eq!(ready_seqs(&mut m, t0), [1]);
-    assert_eq!(m.waiting_on().collect::<Vec<_>>(), [1]);
-    // Source 1 found nothing after 3 came: 2 is lost.
-    m.empty(1);
-    assert_eq!(m.waiting_on().count(), 0);
-    assert_eq!(ready_seqs(&mut m, t0), [3]);
+    // Source 1 is not asked before 3 has been here `settle`: 2 may be on
+    // its way (its number taken, not yet written).
+    assert_eq!(m.waiting_on(t0).count(), 0);
+    let later = t0 + settle;
+    assert_eq!(m.waiting_on(later).collect::<Vec<_>>(), [1]);
+    // An empty read asked for too early does not end the wait...
+    m.empty(1, t0 + settle / 2);
+    assert!(ready_seqs(&mut m, later).is_empty());
+    assert_eq!(m.waiting_on(later).collect::<Vec<_>>(), [1]);
+    // ...one asked `settle` after 3 came does: 2 is lost.
+    m.empty(1, later);
+    assert_eq!(m.waiting_on(later).count(), 0);
+    assert_eq!(ready_seqs(&mut m, later), [3]);
     assert_eq!(m.stats.lost, 1);
 }
 
