@@ -131,6 +131,22 @@ impl Relay for MemRelay {
     }
 }
 
+/// Serial mode into DIR/out, with a gap timeout (600 s) no test waits out.
+fn serial_to_file(g: Generation, d: &std::path::Path) -> PumpConfig {
+    PumpConfig {
+        generation: g,
+        bulk: false,
+        attach: false,
+        reader_timeout: None,
+        merge_gap: Duration::from_secs(600),
+        naming: Naming {
+            pattern: Some(format!("{}/out", d.display())),
+            rotation: None,
+        },
+        pin: false,
+    }
+}
+
 /// CPU 0 lost sequence 3 (the module spent the number); CPU 1 prints
 /// nothing and its reader has no poll timeout. The merge asks CPU 1's
 /// reader to look, and skips the gap when it finds nothing: 4 and 5 are
@@ -148,18 +164,7 @@ fn a_gap_is_skipped_once_an_idle_cpu_has_looked() {
     let idle = Arc::new(std::sync::Mutex::new(Vec::new()));
     let relays: Vec<(usize, Box<dyn Relay>)> =
         vec![(0, Box::new(MemRelay(busy))), (1, Box::new(MemRelay(idle)))];
-    let cfg = PumpConfig {
-        generation: g,
-        bulk: false,
-        attach: false,
-        reader_timeout: None,
-        merge_gap: Duration::from_secs(600),
-        naming: Naming {
-            pattern: Some(format!("{}/out", d.display())),
-            rotation: None,
-        },
-        pin: false,
-    };
+    let cfg = serial_to_file(g, &d);
     let mut pump = Pump::start(relays, &cfg, None, Signals::new()).unwrap();
     pump.kick();
     let t0 = Instant::now();
@@ -192,18 +197,7 @@ fn gaps_while_printing_cost_no_timeouts() {
         .enumerate()
         .map(|(i, c)| (i, Box::new(MemRelay(c.clone())) as Box<dyn Relay>))
         .collect();
-    let cfg = PumpConfig {
-        generation: g,
-        bulk: false,
-        attach: false,
-        reader_timeout: None,
-        merge_gap: Duration::from_secs(600),
-        naming: Naming {
-            pattern: Some(format!("{}/out", d.display())),
-            rotation: None,
-        },
-        pin: false,
-    };
+    let cfg = serial_to_file(g, &d);
     let mut pump = Pump::start(relays, &cfg, None, Signals::new()).unwrap();
     pump.kick();
     let t0 = Instant::now();

@@ -65,28 +65,29 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("compat5_monitor", |r| in_c5(r, monitor::compat_monitor)),
 ];
 
+/// Bind-mounts `vm::C5_MOUNTS` into /c5 and chroots there (see [`in_c5`]).
+pub(crate) fn enter_c5() -> Result<(), String> {
+    if !Path::new("/c5/opt/c/usr/bin/staprun").exists() {
+        return Err(
+            "no /c5 tree in the image: run `cargo xtask compat-prepare` without --no-stap5".into(),
+        );
+    }
+    for d in vm::C5_MOUNTS {
+        let (src, dst) = (format!("/{d}"), format!("/c5/{d}"));
+        sys::mount(&src, &dst, "", libc::MS_BIND | libc::MS_REC, "")
+            .map_err(|e| format!("bind mount {src} on {dst}: {e}"))?;
+    }
+    std::os::unix::fs::chroot("/c5").map_err(|e| format!("chroot /c5: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
 /// The SystemTap 5.x generation lives in /c5 (xtask `c5_entries`): trixie's C
 /// staprun/stapio and libraries, modules built by SystemTap 5.1. These outer
 /// directories are bind-mounted into it (`vm::C5_MOUNTS`), among them /usr/bin
 /// and /usr/libexec with our staprun/stapio, then the agent chroots into it for
 /// the rest of the boot, so the cases run unchanged.
 fn in_c5(r: &mut Reporter, group: fn(&mut Reporter)) {
-    let enter = || -> Result<(), String> {
-        if !Path::new("/c5/opt/c/usr/bin/staprun").exists() {
-            return Err(
-                "no /c5 tree in the image: run `cargo xtask compat-prepare` without --no-stap5"
-                    .into(),
-            );
-        }
-        for d in vm::C5_MOUNTS {
-            let (src, dst) = (format!("/{d}"), format!("/c5/{d}"));
-            sys::mount(&src, &dst, "", libc::MS_BIND | libc::MS_REC, "")
-                .map_err(|e| format!("bind mount {src} on {dst}: {e}"))?;
-        }
-        std::os::unix::fs::chroot("/c5").map_err(|e| format!("chroot /c5: {e}"))?;
-        std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
-    };
-    let entered = enter();
+    let entered = enter_c5();
     let ok = entered.is_ok();
     r.check(
         "compat5_chroot",

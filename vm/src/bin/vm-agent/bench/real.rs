@@ -223,14 +223,7 @@ fn run_real(module: &str, params: &[String], secs: u64, rate: u64) -> RealRun {
             return res;
         }
     };
-    let err_pipe = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut p) = err_pipe {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
+    let err_reader = crate::harness::processes::drain_stderr(&mut child);
     // A session that outlives its own `secs` by HANG_LIMIT is killed and reported.
     let pid = child.id();
     let ended = Arc::new(AtomicBool::new(false));
@@ -293,22 +286,11 @@ fn publish(name: &str) -> Result<(), String> {
         .map_err(|e| format!("copy {}: {e}", src.display()))
 }
 
-/// Enters /c5 for the 5.x generation (as the compat suite's `in_c5`).
+/// Enters /c5 for the 5.x generation (as the compat suite does), with ours
+/// at /usr/bin/staprun when /usr/bin is bound in.
 fn enter_c5() -> Result<(), String> {
-    if !Path::new("/c5/opt/c/usr/bin/staprun").exists() {
-        return Err(
-            "no /c5 tree in the image: run `cargo xtask compat-prepare` without --no-stap5".into(),
-        );
-    }
-    // Ours must be the one at /usr/bin/staprun when /usr/bin is bound in.
     Tool::Ours.activate()?;
-    for d in vm::C5_MOUNTS {
-        let (src, dst) = (format!("/{d}"), format!("/c5/{d}"));
-        sys::mount(&src, &dst, "", libc::MS_BIND | libc::MS_REC, "")
-            .map_err(|e| format!("bind mount {src} on {dst}: {e}"))?;
-    }
-    std::os::unix::fs::chroot("/c5").map_err(|e| format!("chroot /c5: {e}"))?;
-    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+    crate::compat::enter_c5()
 }
 
 fn num_list(key: &str, default: &str) -> Vec<u64> {

@@ -205,14 +205,7 @@ pub(crate) fn run_one(
             return res;
         }
     };
-    let err_pipe = child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut p) = err_pipe {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
+    let err_reader = crate::harness::processes::drain_stderr(&mut child);
     // The clock starts when the module has run its begin probes (STP_START
     // answered): load and handshake are the start-up figure's business.
     let pid = child.id();

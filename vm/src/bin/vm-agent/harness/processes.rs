@@ -56,6 +56,14 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     })
 }
 
+/// A thread reading all of `child`'s stderr (an empty string without a pipe).
+pub fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    match child.stderr.take() {
+        Some(p) => drain(p),
+        None => std::thread::spawn(String::new),
+    }
+}
+
 pub fn spawn(mut cmd: Command) -> io::Result<Running> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
