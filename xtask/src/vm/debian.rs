@@ -176,25 +176,47 @@ systemctl mask serial-getty@ttyS1.service >/dev/null 2>&1 || true",
     files::write(&run, VMTEST_RUN)?;
     cmd::output(cmd!(sh, "chmod 755 {run}"))?;
     ch.sh("rm -f /usr/sbin/policy-rc.d; apt-get clean")?;
-    for f in [
+    let required = [
         format!("boot/vmlinuz-{kver}"),
         format!("boot/initrd.img-{kver}"),
         "usr/bin/stap".to_owned(),
         "usr/bin/staprun".to_owned(),
         "lib/systemd/systemd".to_owned(),
-    ] {
-        if !tmp.join(&f).exists() {
-            bail!("the Debian guest root has no /{f}");
+    ];
+    finish_root(
+        &tmp,
+        &root,
+        STAMP,
+        &want,
+        &required,
+        "Debian guest root",
+        t0,
+    )?;
+    Ok(root)
+}
+
+/// A guest root built in `tmp` takes the place of `root`: every `required`
+/// path must be in it (else an error naming `what` and the path), then its
+/// `stamp` file gets `want` and it is renamed over the old root.
+pub(crate) fn finish_root(
+    tmp: &Path,
+    root: &Path,
+    stamp: &str,
+    want: &str,
+    required: &[String],
+    what: &str,
+    t0: Instant,
+) -> Result<()> {
+    for f in required {
+        if !tmp.join(f).exists() {
+            bail!("the {what} has no /{f}");
         }
     }
-    files::write(&tmp.join(STAMP), &want)?;
-    remove_tree(&root)?;
-    files::rename(&tmp, &root)?;
-    eprintln!(
-        "xtask: Debian guest root built in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(root)
+    files::write(&tmp.join(stamp), want)?;
+    remove_tree(root)?;
+    files::rename(tmp, root)?;
+    eprintln!("xtask: {what} built in {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// bob's stap cache, filled in the image itself: the modules of [`cached_commands`],

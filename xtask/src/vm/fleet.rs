@@ -216,7 +216,7 @@ echo fleet > /etc/hostname"
         &tmp.join("etc/ssh/sshd_config.d/fleet.conf"),
         "PermitRootLogin prohibit-password\nUseDNS no\n",
     )?;
-    for f in [
+    let required = [
         format!("boot/vmlinuz-{kver}"),
         format!("boot/initrd.img-{kver}"),
         format!("boot/vmlinuz-{generic}"),
@@ -224,18 +224,8 @@ echo fleet > /etc/hostname"
         "usr/sbin/sshd".to_owned(),
         "usr/bin/python3".to_owned(),
         "usr/bin/sudo".to_owned(),
-    ] {
-        if !tmp.join(&f).exists() {
-            bail!("the fleet guest root has no /{f}");
-        }
-    }
-    files::write(&tmp.join(STAMP), &want)?;
-    remove_tree(&root)?;
-    files::rename(&tmp, &root)?;
-    eprintln!(
-        "xtask: fleet: guest root built in {:.1}s",
-        t0.elapsed().as_secs_f64()
-    );
+    ];
+    debian::finish_root(&tmp, &root, STAMP, &want, &required, "fleet guest root", t0)?;
     Ok(root)
 }
 
